@@ -1,0 +1,154 @@
+"""The JSON API: submit, list, read, cancel and retry jobs; artifacts, logs, workers, health."""
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
+from sqlalchemy import text
+
+from app import pages, queue
+from app.deps import EngineDep, SettingsDep, wants_html
+from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint
+from app.settings import Settings
+
+router = APIRouter()
+
+NOT_FOUND = {404: {"description": "No job with this id"}}
+CONFLICT = {409: {"description": "The job is in a state that does not allow this; the detail names it"}}
+
+
+def job_log_path(settings: Settings, job_id: int):
+    return settings.job_dir(job_id) / "job.log"
+
+
+def _get_job_or_404(engine, job_id: int):
+    try:
+        return queue.get_job(engine, job_id)
+    except queue.JobNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+
+
+@router.get("/healthz", tags=["health"])
+def healthz(engine: EngineDep) -> dict[str, str]:
+    with engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, tags=["jobs"])
+def create_job(
+    engine: EngineDep,
+    settings: SettingsDep,
+    response: Response,
+    params: Annotated[JobCreate, Body(openapi_examples={
+        "tutorial": {"summary": "The tutorial's config", "value": {}},
+        "lr": {"summary": "A higher learning rate, three epochs", "value": {"lr": 0.05, "epochs": 3}},
+        "smoke": {"summary": "Smoke test without a download", "value": {
+            "dataset": "synthetic", "pretrained": False, "epochs": 2, "train_subset": 2000, "test_subset": 500}},
+    })] = None,
+) -> JobPublic:
+    """Queue a training job. Every field is optional; defaults are the tutorial's config."""
+    job = queue.submit(
+        engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts
+    )
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return JobPublic.from_job(job)
+
+
+@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+def list_jobs(
+    request: Request,
+    engine: EngineDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+):
+    """Jobs, newest first."""
+    if wants_html(request):
+        return pages.render_index(request, engine, status_filter, limit, offset)
+    jobs, total = queue.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
+    return JobPage(items=[JobPublic.from_job(job) for job in jobs], total=total, limit=limit, offset=offset)
+
+
+@router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
+def read_job(job_id: int, request: Request, engine: EngineDep, settings: SettingsDep):
+    """One job. A browser gets its page, anything else its JSON."""
+    job = _get_job_or_404(engine, job_id)
+    if wants_html(request):
+        return pages.render_job(request, engine, settings, job)
+    return JobPublic.from_job(job)
+
+
+@router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, tags=["jobs"])
+def read_job_metrics(
+    job_id: int, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
+) -> list[MetricPoint]:
+    """Every reported point: per epoch (evaluation) and per log_interval (train loss)."""
+    _get_job_or_404(engine, job_id)
+    return [
+        MetricPoint(attempt=m.attempt, kind=m.kind, step=m.step, values=m.values)
+        for m in queue.job_metrics(engine, job_id, kind)
+    ]
+
+
+@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])
+def read_job_log(
+    job_id: int, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
+) -> PlainTextResponse:
+    """The output of the job's training process (the last `tail` bytes)."""
+    _get_job_or_404(engine, job_id)
+    return PlainTextResponse(pages.read_tail(job_log_path(settings, job_id), tail))
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])
+def download_artifact(job_id: int, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
+    """A file the job produced. Only names listed on the job resolve."""
+    job = _get_job_or_404(engine, job_id)
+    if name not in {artifact["name"] for artifact in job.artifacts}:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact named {name!r}")
+    path = settings.job_dir(job_id) / name
+    if not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {name!r} of job {job_id} is missing on disk")
+    return FileResponse(path, filename=name, media_type="application/octet-stream")
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
+def cancel_job(job_id: int, request: Request, engine: EngineDep):
+    """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
+    try:
+        job = queue.request_cancel(engine, job_id)
+    except queue.JobNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except queue.JobStateConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if wants_html(request):
+        return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
+    return JobPublic.from_job(job)
+
+
+@router.post(
+    "/jobs/{job_id}/retry", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+    responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"],
+)
+def retry_job(job_id: int, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
+    """A new job with the same parameters as a failed or cancelled one, linked to it."""
+    try:
+        job = queue.retry(engine, job_id, max_attempts=settings.max_attempts)
+    except queue.JobNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except queue.JobStateConflict as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if wants_html(request):
+        return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return JobPublic.from_job(job)
+
+
+@router.get("/workers", tags=["workers"])
+def list_workers(request: Request, engine: EngineDep, settings: SettingsDep):
+    """Registered workers, their slots and what each runs; `alive` from their heartbeats."""
+    workers = pages.worker_rows(engine, settings)
+    if wants_html(request):
+        return pages.render_workers(request, workers)
+    return workers
+

@@ -1,0 +1,62 @@
+"""The `trainboard` command: serve, worker, up."""
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+
+
+def serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+def up(host: str, port: int, gpus: str) -> None:
+    """The app and one worker on this machine; stopping it stops both."""
+    from app.db import get_engine, migrate
+    from app.settings import get_settings
+
+    migrate(get_engine(get_settings().database_url))
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus])
+    try:
+        serve(host, port)
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="trainboard", description="Training job queue and dashboard")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("serve", "run the web app"), ("up", "run the web app and one worker")):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+        if name == "up":
+            command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+    worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
+    worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(
+        level=os.environ.get("TRAINBOARD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        serve(args.host, args.port)
+    elif args.command == "up":
+        up(args.host, args.port, args.gpus)
+    else:
+        from worker.cli import run_worker
+
+        run_worker(args.gpus)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Request dependencies shared by the JSON API and the pages."""
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from app.db import get_engine
+from app.settings import Settings, get_settings
+
+
+def settings_dependency() -> Settings:
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
+
+
+def engine_dependency(settings: SettingsDep) -> Engine:
+    return get_engine(settings.database_url)
+
+
+EngineDep = Annotated[Engine, Depends(engine_dependency)]
+
+
+def wants_html(request: Request) -> bool:
+    """Browsers ask for text/html first; scripts and curl don't. A browser always gets a page."""
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept

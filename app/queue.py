@@ -1,0 +1,332 @@
+"""The queue protocol: submit, claim, lease renewal, fenced writes, cancel, and the reaper.
+
+This is the only module whose SQL differs between SQLite and PostgreSQL. Every write a worker
+makes about a job is fenced on (id, worker_id, attempt, status='running'): zero rows updated
+means the job is no longer that worker's, and the caller must stop and write nothing more.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import JSON, Engine, Integer, String, func, select, text, update
+from sqlmodel import Session, col
+
+from app.db import is_sqlite, session_scope
+from app.models import FINISHED_STATUSES, Job, JobCreate, JobMetric, Worker, utcnow
+
+NOTIFY_CHANNEL = "trainboard_jobs"
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: int):
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class JobStateConflict(RuntimeError):
+    def __init__(self, job_id: int, status: str, action: str):
+        super().__init__(f"job {job_id} is {status}; cannot {action} it")
+        self.job_id = job_id
+        self.status = status
+
+
+# A worker's hold on one attempt of one job: the fence every later write carries.
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    attempt: int
+    worker_id: str
+    name: str
+    params: dict[str, Any]
+
+
+RenewOutcome = Literal["ok", "cancel", "lost"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Submitting and reading
+# ---------------------------------------------------------------------------------------------
+
+
+def submit(engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_attempts: int, retry_of: int | None = None) -> Job:
+    values = params.model_dump(mode="json")
+    values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
+    with session_scope(engine) as session:
+        job = Job(name=values["name"] or "", params=values, max_attempts=max_attempts, retry_of=retry_of)
+        session.add(job)
+        session.flush()
+        if not job.name:
+            job.name = f"job-{job.id}"
+            job.params = {**values, "name": job.name}
+        session.commit()
+        session.refresh(job)
+    _notify(engine)
+    return job
+
+
+def get_job(engine: Engine, job_id: int) -> Job:
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(engine: Engine, *, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
+    query = select(Job)
+    count = select(func.count()).select_from(Job)
+    if status:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    with session_scope(engine) as session:
+        jobs = list(session.scalars(query.order_by(col(Job.id).desc()).limit(limit).offset(offset)))
+        total = session.scalar(count) or 0
+    return jobs, total
+
+
+def job_metrics(engine: Engine, job_id: int, kind: str | None = None) -> list[JobMetric]:
+    query = select(JobMetric).where(JobMetric.job_id == job_id)
+    if kind:
+        query = query.where(JobMetric.kind == kind)
+    with session_scope(engine) as session:
+        return list(session.scalars(query.order_by(col(JobMetric.id))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Claiming and the lease
+# ---------------------------------------------------------------------------------------------
+
+_CLAIM_SET = """
+    status = 'running', worker_id = :worker_id, attempts = attempts + 1,
+    lease_expires_at = :lease, started_at = COALESCE(started_at, :now),
+    cancel_requested = false, error = NULL
+"""
+
+_CLAIM_POSTGRES = text(f"""
+    WITH next_job AS (
+        SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET {_CLAIM_SET}
+    FROM next_job WHERE jobs.id = next_job.id
+    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params
+""").columns(id=Integer, attempts=Integer, name=String, params=JSON)
+
+_CLAIM_SQLITE = text(f"""
+    UPDATE jobs SET {_CLAIM_SET}
+    WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+    RETURNING id, attempts, name, params
+""").columns(id=Integer, attempts=Integer, name=String, params=JSON)
+
+
+def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
+    """Take the oldest queued job for this worker, atomically, or None when the queue is empty."""
+    now = utcnow()
+    values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now}
+    if is_sqlite(engine):
+        with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
+            row = connection.execute(_CLAIM_SQLITE, values).first()
+            connection.commit()
+    else:
+        with engine.connect() as connection:
+            row = connection.execute(_CLAIM_POSTGRES, values).first()
+            connection.commit()
+    if row is None:
+        return None
+    return Claim(job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params)
+
+
+def _fence(claim: Claim):
+    return (
+        (Job.id == claim.job_id)
+        & (Job.worker_id == claim.worker_id)
+        & (Job.attempts == claim.attempt)
+        & (Job.status == "running")
+    )
+
+
+def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
+    result = session.execute(update(Job).where(_fence(claim)).values(**values))
+    return result.rowcount == 1
+
+
+def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
+    """Heartbeat: extend the lease. Says whether a cancel was asked for, or the job was lost."""
+    with session_scope(engine) as session:
+        row = session.execute(
+            update(Job)
+            .where(_fence(claim))
+            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            .returning(Job.cancel_requested)
+        ).first()
+        session.commit()
+    if row is None:
+        return "lost"
+    return "cancel" if row.cancel_requested else "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# Fenced writes from a worker
+# ---------------------------------------------------------------------------------------------
+
+
+def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None) -> bool:
+    with session_scope(engine) as session:
+        owned = _fenced_update(
+            session, claim, wandb_mode=mode, wandb_url=url, wandb_run_id=run_id, wandb_dir=run_dir, note=note
+        )
+        session.commit()
+    return owned
+
+
+def record_progress(
+    engine: Engine,
+    claim: Claim,
+    *,
+    progress: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    points: list[tuple[str, int, dict[str, Any]]] = (),
+) -> bool:
+    """Store progress (and the latest metrics), plus metric points, only while the job is ours."""
+    values: dict[str, Any] = {"progress": progress}
+    if metrics is not None:
+        values["metrics"] = metrics
+    with session_scope(engine) as session:
+        owned = _fenced_update(session, claim, **values)
+        if owned:
+            session.add_all(
+                JobMetric(job_id=claim.job_id, attempt=claim.attempt, kind=kind, step=step, values=point)
+                for kind, step, point in points
+            )
+        session.commit()
+    return owned
+
+
+def finish(
+    engine: Engine,
+    claim: Claim,
+    status: Literal["succeeded", "failed", "cancelled"],
+    *,
+    error: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    artifacts: list[dict[str, Any]] | None = None,
+) -> bool:
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(), "lease_expires_at": None}
+    if metrics is not None:
+        values["metrics"] = metrics
+    if artifacts is not None:
+        values["artifacts"] = artifacts
+    with session_scope(engine) as session:
+        owned = _fenced_update(session, claim, **values)
+        session.commit()
+    return owned
+
+
+def release(engine: Engine, claim: Claim) -> bool:
+    """Put a job back in the queue without spending an attempt (the worker is shutting down)."""
+    with session_scope(engine) as session:
+        owned = _fenced_update(
+            session, claim, status="queued", worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1
+        )
+        session.commit()
+    if owned:
+        _notify(engine)
+    return owned
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests from users, and the reaper
+# ---------------------------------------------------------------------------------------------
+
+
+def request_cancel(engine: Engine, job_id: int) -> Job:
+    """A queued job ends at once; a running one is flagged for its worker, which stops the child."""
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status in FINISHED_STATUSES:
+            raise JobStateConflict(job_id, job.status, "cancel")
+        now = utcnow()
+        session.execute(
+            update(Job)
+            .where((Job.id == job_id) & (Job.status == "queued"))
+            .values(status="cancelled", finished_at=now, error="cancelled before it started")
+        )
+        session.execute(update(Job).where((Job.id == job_id) & (Job.status == "running")).values(cancel_requested=True))
+        session.commit()
+        session.refresh(job)
+    return job
+
+
+def retry(engine: Engine, job_id: int, *, max_attempts: int) -> Job:
+    """A new job with the same parameters as a failed or cancelled one, linked to it."""
+    original = get_job(engine, job_id)
+    if original.status not in ("failed", "cancelled"):
+        raise JobStateConflict(job_id, original.status, "retry")
+    params = JobCreate.model_validate({**original.params, "name": original.name})
+    return submit(engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts, retry_of=job_id)
+
+
+def reap_expired(engine: Engine, now: datetime | None = None) -> int:
+    """Requeue running jobs whose lease expired, or fail them once their attempts are used up."""
+    now = now or utcnow()
+    expired = (Job.status == "running") & (Job.lease_expires_at < now)
+    with session_scope(engine) as session:
+        cancelled = session.execute(
+            update(Job).where(expired & Job.cancel_requested).values(
+                status="cancelled", finished_at=now, lease_expires_at=None, error="cancelled; its worker was lost"
+            )
+        ).rowcount
+        lost = session.execute(
+            update(Job).where(expired & (Job.attempts >= Job.max_attempts)).values(
+                status="failed", finished_at=now, lease_expires_at=None,
+                error="worker lost: its lease expired on the last attempt",
+            )
+        ).rowcount
+        requeued = session.execute(
+            update(Job).where(expired).values(status="queued", worker_id=None, lease_expires_at=None)
+        ).rowcount
+        session.commit()
+    if requeued:
+        _notify(engine)
+    return cancelled + lost + requeued
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
+
+
+def register_worker(engine: Engine, worker: Worker) -> None:
+    with session_scope(engine) as session:
+        session.merge(worker)
+        session.commit()
+
+
+def worker_heartbeat(engine: Engine, worker_id: str, slots: list[dict[str, Any]], *, stopped: bool = False) -> None:
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now, "slots": slots}
+    if stopped:
+        values["stopped_at"] = now
+    with session_scope(engine) as session:
+        session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
+        session.commit()
+
+
+def list_workers(engine: Engine, limit: int = 200) -> list[Worker]:
+    with session_scope(engine) as session:
+        return list(session.scalars(select(Worker).order_by(col(Worker.heartbeat_at).desc()).limit(limit)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Wake-ups (PostgreSQL LISTEN/NOTIFY; SQLite workers poll)
+# ---------------------------------------------------------------------------------------------
+
+
+def _notify(engine: Engine) -> None:
+    if is_sqlite(engine):
+        return
+    with engine.connect() as connection:
+        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        connection.commit()

@@ -1,0 +1,40 @@
+"""Settings for the app and the workers: environment variables prefixed TRAINBOARD_, or `.env`."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRAINBOARD_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///var/trainboard.db",
+        description="SQLAlchemy URL: sqlite:///path for one host, postgresql+psycopg://... for many",
+    )
+    data_dir: Path = Field(default=Path("var/data"), description="Where data sets are downloaded and cached")
+    artifacts_dir: Path = Field(
+        default=Path("var/artifacts"), description="Model files, job logs and W&B run folders"
+    )
+    cifar_verify: bool = Field(default=True, description="Verify CIFAR-10 checksums")
+    wandb_mode: WandbMode = Field(
+        default="auto", description="auto: online when a W&B API key is configured, else offline"
+    )
+    heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
+    lease_seconds: float = Field(default=60.0, gt=0, le=86400)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    poll_seconds: float = Field(default=1.0, gt=0, le=60, description="How often an idle worker looks for work")
+    cancel_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.artifacts_dir / "jobs" / str(job_id)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

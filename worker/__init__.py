@@ -1,0 +1,1 @@
+"""trainboard's worker: claims jobs, supervises one training child per slot, trains with W&B."""

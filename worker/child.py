@@ -1,0 +1,71 @@
+"""A training child: `python -m worker.child`, spawned by a worker slot, one per job attempt.
+
+It reads its job from stdin, reports over the pipe named by TRAINBOARD_REPORT_FD, writes its
+output to the job's log (its stdout and stderr), and dies with its worker.
+"""
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from worker.reporter import Reporter
+
+PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux for SIGKILL when the worker dies, so no orphan keeps a GPU busy."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != int(os.environ.get(PARENT_PID_ENV, os.getppid())):
+        os._exit(1)  # the worker died before prctl took effect
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def main() -> int:
+    die_with_parent()
+    # SIGTERM (cancel, worker shutdown) unwinds normally, so the W&B run is closed properly.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    spec = json.load(sys.stdin)
+    reporter = Reporter.from_environment()
+
+    from worker import train
+    from worker.data import DataError
+    from worker.nets import WeightsError
+
+    try:
+        train.run(
+            spec["params"],
+            name=spec["name"],
+            job_dir=Path(spec["job_dir"]),
+            data_dir=Path(spec["data_dir"]),
+            cifar_verify=spec["cifar_verify"],
+            reporter=reporter,
+        )
+    except (DataError, WeightsError) as exc:
+        traceback.print_exc()
+        reporter.error(str(exc))
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        reporter.error(one_line(exc))
+        return 1
+    finally:
+        sys.stdout.flush()
+    reporter.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

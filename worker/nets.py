@@ -1,0 +1,42 @@
+"""The models: torchvision's ResNet-18 as the tutorial uses it, and a CIFAR-shaped variant."""
+
+import torch
+from torch import nn
+from torchvision.models import ResNet, ResNet18_Weights, resnet18
+
+NUM_CLASSES = 10
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights could not be had; the message says what to do."""
+
+
+def build_model(name: str, *, pretrained: bool, num_classes: int = NUM_CLASSES) -> ResNet:
+    """resnet18: torchvision's (7x7 stem, max-pool). resnet18_cifar: 3x3 stem, no max-pool.
+
+    Pretrained weights are ImageNet's through torchvision's weights API; the classifier is
+    replaced by a fresh one with `num_classes` outputs (the tutorial kept ImageNet's 1000).
+    """
+    model = resnet18(weights=_imagenet_weights() if pretrained else None)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if name == "resnet18_cifar":
+        # 32x32 inputs: keep the full resolution into the first stage instead of dividing it by 4.
+        model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif name != "resnet18":
+        raise ValueError(f"unknown model {name!r}")
+    return model
+
+
+def _imagenet_weights() -> ResNet18_Weights:
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    try:
+        weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        checkpoints = f"{torch.hub.get_dir()}/checkpoints"
+        raise WeightsError(
+            f"the pretrained ResNet-18 weights could not be downloaded: {reason}; "
+            f"set pretrained=false, or place {weights.url.rsplit('/', 1)[-1]} in {checkpoints}"
+        ) from exc
+    return weights

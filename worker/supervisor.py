@@ -1,0 +1,364 @@
+"""A worker: one slot per GPU (or one CPU slot), each claiming jobs and supervising a training child.
+
+A slot's child runs in its own process group and reports over a pipe; the slot turns its reports
+into fenced writes, renews the job's lease every heartbeat, stops the child on cancel, on a lost
+lease or on shutdown, and records how the attempt ended. Transactions stay short: nothing is held
+open while a child trains.
+"""
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from app import queue
+from app.models import Worker
+from app.settings import Settings
+from worker.child import PARENT_PID_ENV
+from worker.reporter import REPORT_FD_ENV
+
+log = logging.getLogger("trainboard.worker")
+T = TypeVar("T")
+
+PROGRESS_FLUSH_SECONDS = 1.0
+LOG_TAIL_LINES = 5
+# The child needs neither the database nor the dashboard's secrets.
+WITHHELD_FROM_CHILD = ("TRAINBOARD_DATABASE_URL", "TRAINBOARD_TOKEN")
+
+
+@dataclass
+class Slot:
+    index: int
+    device: str  # "cpu" or "cuda:N" as the host numbers it
+    gpu_name: str | None = None
+    job_id: int | None = None
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return self.device.removeprefix("cuda:") if self.device.startswith("cuda:") else ""
+
+    def public(self) -> dict[str, Any]:
+        return {"index": self.index, "device": self.device, "gpu_name": self.gpu_name, "job_id": self.job_id}
+
+
+class DatabaseUnavailable(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, engine: Engine, slots: list[Slot]):
+        self.settings = settings
+        self.engine = engine
+        self.slots = slots
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+
+    # ---- Lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        queue.register_worker(self.engine, Worker(
+            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), slots=[s.public() for s in self.slots]
+        ))
+        log.info("worker %s started with %d slot(s): %s", self.worker_id, len(self.slots),
+                 ", ".join(s.device for s in self.slots))
+        threads = [threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{slot.index}") for slot in self.slots]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            try:
+                queue.worker_heartbeat(self.engine, self.worker_id, [s.public() for s in self.slots])
+                reaped = queue.reap_expired(self.engine)
+                if reaped:
+                    log.warning("requeued or ended %d job(s) whose worker stopped heartbeating", reaped)
+            except (OperationalError, DBAPIError) as exc:
+                log.warning("database unavailable for the worker heartbeat: %s", _first_line(exc))
+            for thread in threads:
+                thread.join(timeout=self.settings.heartbeat_seconds / len(threads))
+        self._quietly(lambda: queue.worker_heartbeat(self.engine, self.worker_id, [s.public() for s in self.slots], stopped=True))
+        log.info("worker %s stopped", self.worker_id)
+
+    def stop(self) -> None:
+        """Stop claiming; running jobs are stopped and put back in the queue."""
+        self.stopping.set()
+
+    # ---- A slot ---------------------------------------------------------------------------------
+
+    def _slot_loop(self, slot: Slot) -> None:
+        while not self.stopping.is_set():
+            try:
+                claim = self._with_retries(lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds))
+            except DatabaseUnavailable:
+                continue
+            if claim is None:
+                self.stopping.wait(self.settings.poll_seconds)
+                continue
+            slot.job_id = claim.job_id
+            try:
+                JobRun(self, slot, claim).run()
+            except Exception:
+                log.exception("slot %d: supervising job %d failed", slot.index, claim.job_id)
+            finally:
+                slot.job_id = None
+
+    def _with_retries(self, operation: Callable[[], T]) -> T:
+        """Ride out a database that is briefly locked or unreachable, for at most one lease."""
+        deadline = time.monotonic() + self.settings.lease_seconds
+        delay = 0.2
+        while True:
+            try:
+                return operation()
+            except (OperationalError, DBAPIError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseUnavailable(_first_line(exc)) from exc
+                log.warning("database unavailable, retrying in %.1fs: %s", delay, _first_line(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _quietly(self, operation: Callable[[], Any]) -> None:
+        try:
+            operation()
+        except (OperationalError, DBAPIError) as exc:
+            log.warning("database unavailable: %s", _first_line(exc))
+
+
+@dataclass
+class _Reports:
+    """What the child has said and the slot has not yet written."""
+
+    progress: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    points: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class JobRun:
+    """One attempt of one job in one slot."""
+
+    def __init__(self, supervisor: Supervisor, slot: Slot, claim: queue.Claim):
+        self.supervisor = supervisor
+        self.settings = supervisor.settings
+        self.engine = supervisor.engine
+        self.slot = slot
+        self.claim = claim
+        self.job_dir = self.settings.job_dir(claim.job_id).resolve()
+        self.log_path = self.job_dir / "job.log"
+        self.reports = _Reports()
+        self.owned = True
+
+    def run(self) -> None:
+        log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        events: Queue[dict[str, Any] | None] = Queue()
+        child = self._spawn(events)
+        ending = self._supervise(child, events)
+        if ending == "lost":
+            log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
+        elif ending == "stop":
+            self._write(lambda: queue.release(self.engine, self.claim))
+            log.info("job %d put back in the queue (worker stopping)", self.claim.job_id)
+        elif ending == "cancel":
+            self._flush()
+            self._write(lambda: queue.finish(self.engine, self.claim, "cancelled", error="cancelled by request"))
+            log.info("job %d cancelled", self.claim.job_id)
+        else:
+            self._finish(child.returncode)
+
+    # ---- The child ------------------------------------------------------------------------------
+
+    def _spawn(self, events: Queue) -> subprocess.Popen:
+        read_fd, write_fd = os.pipe()
+        env = {key: value for key, value in os.environ.items() if key not in WITHHELD_FROM_CHILD}
+        env.update({
+            REPORT_FD_ENV: str(write_fd),
+            PARENT_PID_ENV: str(os.getpid()),
+            "CUDA_VISIBLE_DEVICES": self.slot.cuda_visible_devices,
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.setdefault("TORCH_HOME", str((self.settings.data_dir / "torch").resolve()))
+        spec = {
+            "name": self.claim.name,
+            "params": self.claim.params,
+            "job_dir": str(self.job_dir),
+            "data_dir": str(self.settings.data_dir.resolve()),
+            "cifar_verify": self.settings.cifar_verify,
+        }
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"==== attempt {self.claim.attempt} on {self.supervisor.worker_id} ({self.slot.device})\n".encode())
+            log_file.flush()
+            child = subprocess.Popen(
+                [sys.executable, "-m", "worker.child"],
+                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,), env=env, cwd=self.job_dir, start_new_session=True,
+            )
+        os.close(write_fd)
+        child.stdin.write(json.dumps(spec).encode())
+        child.stdin.close()
+        threading.Thread(target=_read_reports, args=(read_fd, events), daemon=True, name=f"reports-{self.claim.job_id}").start()
+        return child
+
+    def _supervise(self, child: subprocess.Popen, events: Queue) -> str:
+        """Relay reports and renew the lease until the child ends. Says how the attempt ended."""
+        next_beat = time.monotonic() + self.settings.heartbeat_seconds
+        next_flush = time.monotonic() + PROGRESS_FLUSH_SECONDS
+        reports_open = True
+        while reports_open or child.poll() is None:
+            try:
+                event = events.get(timeout=0.2)
+                if event is None:
+                    reports_open = False
+                else:
+                    self._take(event)
+            except Empty:
+                pass
+            now = time.monotonic()
+            if self.supervisor.stopping.is_set():
+                self._stop_child(child)
+                return "stop"
+            if now >= next_flush or self.reports.metrics is not None:
+                next_flush = now + PROGRESS_FLUSH_SECONDS
+                if not self._flush():
+                    self._kill_child(child)
+                    return "lost"
+            if now >= next_beat:
+                next_beat = now + self.settings.heartbeat_seconds
+                outcome = self._write(lambda: queue.renew(self.engine, self.claim, self.settings.lease_seconds), "lost")
+                if outcome == "lost":
+                    self._kill_child(child)
+                    return "lost"
+                if outcome == "cancel":
+                    self._stop_child(child)
+                    self._drain(events)
+                    return "cancel"
+        self._drain(events)
+        return "exited"
+
+    def _stop_child(self, child: subprocess.Popen) -> None:
+        """SIGTERM to the child's group, SIGKILL after the grace period."""
+        _signal_group(child, signal.SIGTERM)
+        try:
+            child.wait(timeout=self.settings.cancel_grace_seconds)
+        except subprocess.TimeoutExpired:
+            self._kill_child(child)
+
+    def _kill_child(self, child: subprocess.Popen) -> None:
+        _signal_group(child, signal.SIGKILL)
+        child.wait()
+
+    # ---- Reports to fenced writes ---------------------------------------------------------------
+
+    def _take(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            self.reports.progress = event["progress"]
+            if event.get("metrics") is not None:
+                self.reports.metrics = event["metrics"]
+            self.reports.points.extend(tuple(point) for point in event.get("points", []))
+        elif kind == "wandb":
+            fields = {key: event.get(key) for key in ("mode", "url", "run_id", "run_dir", "note")}
+            self._write(lambda: queue.record_wandb(self.engine, self.claim, **fields), False)
+        elif kind == "result":
+            self.reports.result = event
+        elif kind == "error":
+            self.reports.error = str(event.get("reason", ""))[:2000]
+
+    def _drain(self, events: Queue) -> None:
+        while True:
+            try:
+                event = events.get_nowait()
+            except Empty:
+                return
+            if event is not None:
+                self._take(event)
+
+    def _flush(self) -> bool:
+        reports = self.reports
+        if reports.progress is None and not reports.points:
+            return self.owned
+        progress, metrics, points = reports.progress or {}, reports.metrics, reports.points
+        reports.progress, reports.metrics, reports.points = None, None, []
+        return self._write(
+            lambda: queue.record_progress(self.engine, self.claim, progress=progress, metrics=metrics, points=points), False
+        )
+
+    def _finish(self, returncode: int) -> None:
+        if not self._flush():
+            return
+        result = self.reports.result
+        if returncode == 0 and result is not None:
+            self._write(lambda: queue.finish(
+                self.engine, self.claim, "succeeded", metrics=result["metrics"], artifacts=result["artifacts"]
+            ))
+            log.info("job %d succeeded", self.claim.job_id)
+            return
+        reason = self.reports.error or self._exit_reason(returncode)
+        self._write(lambda: queue.finish(self.engine, self.claim, "failed", error=reason))
+        log.info("job %d failed: %s", self.claim.job_id, reason)
+
+    def _exit_reason(self, returncode: int) -> str:
+        if returncode < 0:
+            how = f"was killed by {signal.Signals(-returncode).name}"
+        else:
+            how = f"exited with code {returncode}"
+        tail = [line for line in _tail_lines(self.log_path, LOG_TAIL_LINES) if line.strip()]
+        last = f"; last output: {tail[-1].strip()[:300]}" if tail else ""
+        hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
+        return f"the training process {how}{hint} without a result{last}"
+
+    def _write(self, operation: Callable[[], T], lost: T = False) -> T:
+        """A fenced write; once one finds the job is not ours, nothing more is written."""
+        if not self.owned:
+            return lost
+        try:
+            outcome = self.supervisor._with_retries(operation)
+        except DatabaseUnavailable:
+            outcome = lost
+        if outcome is False or outcome == "lost":
+            self.owned = False
+        return outcome
+
+
+def _read_reports(fd: int, events: Queue) -> None:
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            try:
+                events.put(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("unreadable report from a training child: %r", line[:200])
+    events.put(None)
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _tail_lines(path: Path, count: int) -> list[str]:
+    try:
+        with path.open("rb") as stream:
+            stream.seek(0, 2)
+            stream.seek(max(0, stream.tell() - 8192))
+            return stream.read().decode("utf-8", errors="replace").splitlines()[-count:]
+    except FileNotFoundError:
+        return []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,100 @@
+"""Weights & Biases: which mode a job runs in, init with an offline fallback, what gets logged."""
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import wandb
+
+from worker.reporter import Reporter
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def api_key_configured() -> bool:
+    """A key in WANDB_API_KEY or in ~/.netrc (where `wandb login` puts it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", DEFAULT_BASE_URL)).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(requested: str | None) -> str:
+    if requested in (None, "auto"):
+        return "online" if api_key_configured() else "offline"
+    return requested
+
+
+class Tracker:
+    """One W&B run for one job; `disabled` mode keeps the same calls as no-ops."""
+
+    def __init__(self, run: Any, mode: str):
+        self.run = run
+        self.mode = mode
+
+    @classmethod
+    def start(cls, params: dict[str, Any], *, name: str, job_dir: Path, reporter: Reporter) -> "Tracker":
+        mode = resolve_mode(params.get("wandb_mode"))
+        note = None
+        init = {
+            "project": params["wandb_project"],
+            "entity": params.get("wandb_entity"),
+            "name": name,
+            "config": params,
+            "tags": params.get("tags") or None,
+            "dir": str(job_dir),
+            "settings": wandb.Settings(init_timeout=60),
+        }
+        try:
+            run = wandb.init(mode=mode, **init)
+        except Exception as exc:
+            if mode != "online":
+                raise
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            note = f"W&B online init failed ({reason}); the run was logged offline: upload it with its wandb sync command"
+            print(f"trainboard: {note}", flush=True)
+            mode = "offline"
+            run = wandb.init(mode=mode, **init)
+        run.define_metric("batch")
+        run.define_metric("Train Loss", step_metric="batch")
+        run.define_metric("epoch")
+        for metric in ("Test Accuracy", "Test Loss", "Examples"):
+            run.define_metric(metric, step_metric="epoch")
+        tracker = cls(run, mode)
+        reporter.wandb(
+            mode=mode,
+            url=run.url if mode == "online" else None,
+            run_id=run.id if mode != "disabled" else None,
+            run_dir=str(run.settings.sync_dir) if mode == "offline" else None,
+            note=note,
+        )
+        return tracker
+
+    def watch(self, model: torch.nn.Module) -> None:
+        # As in the tutorial: gradients and parameters, at wandb's default frequency.
+        self.run.watch(model, log="all")
+
+    def log_train_loss(self, batch: int, loss: float) -> None:
+        self.run.log({"Train Loss": loss, "batch": batch})
+
+    def log_epoch(self, epoch: int, accuracy: float, loss: float, examples: list[tuple[np.ndarray, str]]) -> None:
+        self.run.log({
+            "Examples": [wandb.Image(image, caption=caption) for image, caption in examples],
+            "Test Accuracy": accuracy,
+            "Test Loss": loss,
+            "epoch": epoch,
+        })
+
+    def save(self, path: Path) -> None:
+        if self.mode != "disabled":
+            self.run.save(str(path), base_path=str(path.parent), policy="now")
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
