@@ -5,6 +5,7 @@ tensor, and batches are gathered and normalised there.
 """
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,13 @@ class _UnverifiedCIFAR10(datasets.CIFAR10):
     """Loads a folder in the CIFAR-10 python format without checking its files' MD5 sums."""
 
     def _check_integrity(self) -> bool:
-        return all((Path(self.root) / self.base_folder / name).is_file() for name, _ in self.train_list + self.test_list)
+        files = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all((Path(self.root) / self.base_folder / name).is_file() for name in files)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as stream:
+            self.classes = pickle.load(stream, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
 
 
 def cifar10(data_dir: Path, *, verify: bool) -> ImageSet:
