@@ -6,11 +6,11 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 
 from app.db import get_engine
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 
-def settings_dependency() -> Settings:
-    return get_settings()
+def settings_dependency(request: Request) -> Settings:
+    return request.app.state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dependency)]

@@ -2,28 +2,43 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import api, pages
 from app.db import get_engine, migrate
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 
 @asynccontextmanager
-async def lifespan(_app: FastAPI):
-    migrate(get_engine(get_settings().database_url))
+async def lifespan(app: FastAPI):
+    migrate(get_engine(app.state.settings.database_url))
     yield
 
 
-def create_app() -> FastAPI:
+def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="trainboard",
         summary="Submit CIFAR-10 / ResNet-18 training jobs; workers train them with W&B logging.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.settings = settings or get_settings()
+    app.exception_handler(RequestValidationError)(validation_error)
     app.mount("/static", StaticFiles(directory=pages.TEMPLATES_DIR / "static"), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
     return app
+
+
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, plus each error's field name and a one-line message naming it."""
+    errors = jsonable_encoder(exc.errors())
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+        error["field"] = ".".join(location) or None
+    message = "; ".join(f"{e['field']}: {e['msg']}" if e["field"] else e["msg"] for e in errors)
+    return JSONResponse({"detail": errors, "message": message}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)

@@ -1,0 +1,195 @@
+"""The JSON API against a real SQLite file: submit, validation, listing, reading, 404s, pages."""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.models import JobCreate
+from app.settings import Settings
+
+TUTORIAL_DEFAULTS = {
+    "batch_size": 64, "test_batch_size": 1000, "epochs": 5, "lr": 0.01, "momentum": 0.1, "use_cuda": True,
+    "seed": 2043, "log_interval": 10, "model": "resnet18", "pretrained": True, "dataset": "cifar10",
+    "train_subset": None, "test_subset": None, "wandb_project": "thorough-pytorch", "wandb_entity": None, "tags": [],
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'api.db'}",
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data",
+        wandb_mode="offline",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def job_count(client: TestClient) -> int:
+    return client.get("/jobs").json()["total"]
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_submit_with_defaults_of_the_tutorial(client):
+    response = client.post("/jobs", json={})
+    assert response.status_code == 201
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert job["name"] == f"job-{job['id']}" == job["params"]["name"]
+    assert {key: job["params"][key] for key in TUTORIAL_DEFAULTS} == TUTORIAL_DEFAULTS
+    assert job["params"]["wandb_mode"] == "offline"  # from the settings
+    assert job["wandb"] == {"mode": None, "url": None, "run_id": None, "dir": None, "sync_command": None}
+    assert client.get(f"/jobs/{job['id']}").json() == job
+
+
+def test_submit_without_a_body_takes_the_defaults(client):
+    response = client.post("/jobs")
+    assert response.status_code == 201
+    assert response.json()["params"]["epochs"] == 5
+
+
+def test_submit_as_the_readme_shows(client):
+    job = client.post("/jobs", json={"lr": 0.05, "epochs": 3, "wandb_mode": "disabled", "tags": ["a", "b"]}).json()
+    assert job["params"]["lr"] == 0.05 and job["params"]["epochs"] == 3
+    assert job["params"]["wandb_mode"] == "disabled" and job["params"]["tags"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("batch_size", 0), ("batch_size", 4097), ("test_batch_size", 0), ("test_batch_size", 10001),
+        ("epochs", 0), ("epochs", 1001), ("lr", 0), ("lr", -0.1), ("lr", 10.5), ("momentum", -0.1), ("momentum", 1),
+        ("seed", -1), ("seed", 2**32), ("log_interval", 0), ("log_interval", 100001),
+        ("train_subset", 0), ("train_subset", 50001), ("test_subset", 0), ("test_subset", 10001),
+        ("model", "resnet50"), ("dataset", "imagenet"), ("wandb_mode", "sometimes"),
+        ("name", ""), ("name", "x" * 129), ("name", "two\nlines"),
+        ("wandb_project", "a/b"), ("wandb_project", "p" * 129), ("wandb_entity", "bad entity"),
+        ("tags", ["t"] * 17), ("tags", ["x" * 65]),
+        # wrong types
+        ("lr", "fast"), ("epochs", 1.5), ("epochs", "many"), ("use_cuda", "maybe"), ("tags", "one"), ("batch_size", None),
+    ],
+)
+def test_out_of_bounds_or_wrong_type_is_refused_naming_the_field(client, field, value):
+    response = client.post("/jobs", json={field: value})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["detail"][0]["loc"][:2] == ["body", field]
+    assert body["detail"][0]["field"].split(".")[0] == field
+    assert body["message"].startswith(f"{field}")
+    assert job_count(client) == 0
+
+
+def test_unknown_field_is_refused(client):
+    response = client.post("/jobs", json={"epochs": 2, "learning_rate": 0.1})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == "learning_rate" and error["type"] == "extra_forbidden"
+    assert job_count(client) == 0
+
+
+def test_non_object_body_is_refused(client):
+    assert client.post("/jobs", json=[1, 2]).status_code == 422
+    assert client.post("/jobs", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    assert job_count(client) == 0
+
+
+def test_bounds_at_their_limits_are_accepted(client):
+    limits = {"batch_size": 4096, "epochs": 1000, "lr": 10, "momentum": 0.99, "seed": 2**32 - 1,
+              "train_subset": 50000, "test_subset": 10000, "name": "n" * 128, "tags": ["t"] * 16}
+    assert client.post("/jobs", json=limits).status_code == 201
+
+
+def test_list_is_newest_first_paginated_and_filtered(client):
+    ids = [client.post("/jobs", json={"name": f"j{i}"}).json()["id"] for i in range(5)]
+    client.post(f"/jobs/{ids[1]}/cancel")
+    page = client.get("/jobs", params={"limit": 2}).json()
+    assert [job["id"] for job in page["items"]] == ids[::-1][:2]
+    assert page["total"] == 5 and page["limit"] == 2 and page["offset"] == 0
+    second = client.get("/jobs", params={"limit": 2, "offset": 2}).json()
+    assert [job["id"] for job in second["items"]] == ids[::-1][2:4]
+    cancelled = client.get("/jobs", params={"status": "cancelled"}).json()
+    assert [job["id"] for job in cancelled["items"]] == [ids[1]] and cancelled["total"] == 1
+    assert client.get("/jobs", params={"status": "lost"}).status_code == 422
+    assert client.get("/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_unknown_job_is_404(client):
+    for path in ("/jobs/999", "/jobs/999/metrics", "/jobs/999/log", "/jobs/999/artifacts/model.pth"):
+        assert client.get(path).status_code == 404, path
+    assert client.post("/jobs/999/cancel").status_code == 404
+    assert client.post("/jobs/999/retry").status_code == 404
+
+
+def test_artifacts_resolve_only_listed_names(client):
+    job = client.post("/jobs", json={}).json()
+    for name in ("model.pth", "job.log", "..%2F..%2Fapi.db", "%2Fetc%2Fpasswd"):
+        assert client.get(f"/jobs/{job['id']}/artifacts/{name}").status_code == 404, name
+
+
+def test_browser_gets_pages_and_scripts_get_json(client):
+    job = client.post("/jobs", json={"name": "page-job"}).json()
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    for path in ("/", "/jobs", f"/jobs/{job['id']}", "/jobs/new", "/workers"):
+        response = client.get(path, headers=html)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("text/html"), path
+    assert "page-job" in client.get(f"/jobs/{job['id']}", headers=html).text
+    assert client.get(f"/jobs/{job['id']}").headers["content-type"] == "application/json"
+    assert client.get("/jobs/999", headers=html).status_code == 404
+
+
+def test_new_job_link_and_form_defaults(client):
+    index = client.get("/", headers={"Accept": "text/html"}).text
+    assert '<a class="button primary" href="/jobs/new">New job</a>' in index
+    form = client.get("/jobs/new").text
+    for name in JobCreate.model_fields:
+        assert f'name="{name}"' in form, name
+    assert 'name="lr" value="0.01"' in form and 'name="batch_size" value="64"' in form
+
+
+def test_form_submit_redirects_to_the_job(client):
+    response = client.post(
+        "/jobs/new", data={"epochs": "2", "lr": "0.05", "dataset": "synthetic", "tags": "a, b"}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    job = client.get(response.headers["location"]).json()
+    params = job["params"]
+    assert params["epochs"] == 2 and params["lr"] == 0.05 and params["dataset"] == "synthetic"
+    assert params["tags"] == ["a", "b"] and params["pretrained"] is False  # an unchecked box is false
+
+
+def test_form_with_a_bad_value_is_reshown_with_the_message_beside_it(client):
+    response = client.post("/jobs/new", data={"epochs": "0", "lr": "0.05", "name": "keep-me"})
+    assert response.status_code == 422
+    assert 'id="epochs-error"' in response.text and "greater than or equal to 1" in response.text
+    assert 'value="keep-me"' in response.text and 'name="lr" value="0.05"' in response.text
+    assert job_count(client) == 0
+
+
+def test_openapi_documents_the_job_fields_with_examples(client):
+    schema = client.get("/openapi.json").json()
+    job_create = schema["components"]["schemas"]["JobCreate"]
+    assert job_create["additionalProperties"] is False
+    assert job_create["properties"]["lr"]["description"]
+    body = schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert "examples" in body
+    assert client.get("/docs").status_code == 200
+
+
+def test_migrations_keep_jobs_across_restarts(settings):
+    with TestClient(create_app(settings)) as client:
+        job = client.post("/jobs", json={"name": "survivor"}).json()
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"/jobs/{job['id']}").json()["name"] == "survivor"
