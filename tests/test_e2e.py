@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from tests.conftest import SMOKE_PARAMS
+from tests.conftest import SMOKE_PARAMS, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +79,21 @@ def test_missing_cifar10_fails_with_what_to_do(make_stack, tmp_path: Path):
     synthetic = stack.wait_status(synthetic["id"], ("succeeded", "failed"))
     assert synthetic["status"] == "succeeded", synthetic["error"]
     assert synthetic["wandb"]["mode"] == "disabled" and synthetic["wandb"]["sync_command"] is None
+
+
+def test_failing_online_wandb_init_falls_back_to_offline(make_stack):
+    # An API key makes `auto` mean online; the W&B server it names refuses connections.
+    stack = make_stack(
+        TRAINBOARD_WANDB_MODE="auto", WANDB_API_KEY="k" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        WANDB_INIT_TIMEOUT="3",
+    )
+    stack.serve()
+    stack.worker()
+    job = stack.submit(**{**SMOKE_PARAMS, "epochs": 1}, dataset="synthetic", train_subset=128, test_subset=64)
+    assert job["params"]["wandb_mode"] == "auto"
+    job = stack.wait_status(job["id"], ("succeeded", "failed"))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["wandb"]["mode"] == "offline"
+    assert job["note"].startswith("W&B online init failed")
+    assert Path(job["wandb"]["dir"]).is_dir() and job["wandb"]["sync_command"]
+    assert "k" * 40 not in stack.client.get(f"/jobs/{job['id']}/log").text

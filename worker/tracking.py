@@ -50,7 +50,6 @@ class Tracker:
             "config": params,
             "tags": params.get("tags") or None,
             "dir": str(job_dir),
-            "settings": wandb.Settings(init_timeout=60),
         }
         try:
             run = wandb.init(mode=mode, **init)
