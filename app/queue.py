@@ -5,15 +5,22 @@ makes about a job is fenced on (id, worker_id, attempt, status='running'): zero 
 means the job is no longer that worker's, and the caller must stop and write nothing more.
 """
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import JSON, Engine, Integer, String, func, select, text, update
+import psycopg
+from sqlalchemy import JSON, DateTime, Engine, Integer, String, bindparam, delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
 from app.models import FINISHED_STATUSES, Job, JobCreate, JobMetric, Worker, utcnow
+
+log = logging.getLogger("trainboard.queue")
 
 NOTIFY_CHANNEL = "trainboard_jobs"
 
@@ -59,9 +66,9 @@ def submit(engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_at
         if not job.name:
             job.name = f"job-{job.id}"
             job.params = {**values, "name": job.name}
+        _notify(session)
         session.commit()
         session.refresh(job)
-    _notify(engine)
     return job
 
 
@@ -97,11 +104,18 @@ def job_metrics(engine: Engine, job_id: int, kind: str | None = None) -> list[Jo
 # Claiming and the lease
 # ---------------------------------------------------------------------------------------------
 
+# A new attempt starts clean: progress and metrics are those of the attempt that runs.
 _CLAIM_SET = """
     status = 'running', worker_id = :worker_id, attempts = attempts + 1,
     lease_expires_at = :lease, started_at = COALESCE(started_at, :now),
-    cancel_requested = false, error = NULL
+    cancel_requested = false, error = NULL, progress = :empty, metrics = :empty
 """
+# Typed, so both drivers store the datetimes as SQLAlchemy's columns do (SQLite compares them as text).
+_CLAIM_PARAMS = (
+    bindparam("lease", type_=DateTime(timezone=True)),
+    bindparam("now", type_=DateTime(timezone=True)),
+    bindparam("empty", type_=JSON),
+)
 
 _CLAIM_POSTGRES = text(f"""
     WITH next_job AS (
@@ -110,19 +124,19 @@ _CLAIM_POSTGRES = text(f"""
     UPDATE jobs SET {_CLAIM_SET}
     FROM next_job WHERE jobs.id = next_job.id
     RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params
-""").columns(id=Integer, attempts=Integer, name=String, params=JSON)
+""").bindparams(*_CLAIM_PARAMS).columns(id=Integer, attempts=Integer, name=String, params=JSON)
 
 _CLAIM_SQLITE = text(f"""
     UPDATE jobs SET {_CLAIM_SET}
     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
     RETURNING id, attempts, name, params
-""").columns(id=Integer, attempts=Integer, name=String, params=JSON)
+""").bindparams(*_CLAIM_PARAMS).columns(id=Integer, attempts=Integer, name=String, params=JSON)
 
 
 def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
     """Take the oldest queued job for this worker, atomically, or None when the queue is empty."""
     now = utcnow()
-    values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now}
+    values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}}
     if is_sqlite(engine):
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
             row = connection.execute(_CLAIM_SQLITE, values).first()
@@ -223,14 +237,27 @@ def finish(
 
 
 def release(engine: Engine, claim: Claim) -> bool:
-    """Put a job back in the queue without spending an attempt (the worker is shutting down)."""
+    """Put a job back in the queue without spending an attempt (the worker is shutting down).
+
+    The attempt is undone: its metric points go, so the next run of the same attempt number
+    starts a clean history. A job whose cancel was asked for meanwhile ends cancelled instead.
+    """
     with session_scope(engine) as session:
-        owned = _fenced_update(
-            session, claim, status="queued", worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1
+        cancelled = session.execute(
+            update(Job).where(_fence(claim) & Job.cancel_requested).values(
+                status="cancelled", finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
+            )
+        ).rowcount
+        owned = cancelled == 1 or _fenced_update(
+            session, claim, status="queued", worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1,
+            progress={}, metrics={},
         )
+        if owned and not cancelled:
+            session.execute(
+                delete(JobMetric).where((JobMetric.job_id == claim.job_id) & (JobMetric.attempt == claim.attempt))
+            )
+            _notify(session)
         session.commit()
-    if owned:
-        _notify(engine)
     return owned
 
 
@@ -241,21 +268,21 @@ def release(engine: Engine, claim: Claim) -> bool:
 
 def request_cancel(engine: Engine, job_id: int) -> Job:
     """A queued job ends at once; a running one is flagged for its worker, which stops the child."""
-    with session_scope(engine) as session:
+    queued = (Job.id == job_id) & (Job.status == "queued")
+    running = (Job.id == job_id) & (Job.status == "running")
+    # Conditional updates rather than read-then-write, so a job that changes state meanwhile
+    # (claimed, finished) is judged by the state it has when the cancel lands.
+    with _write_session(engine) as session:
+        changed = session.execute(
+            update(Job).where(queued).values(status="cancelled", finished_at=utcnow(), error="cancelled before it started")
+        ).rowcount
+        changed = changed or session.execute(update(Job).where(running).values(cancel_requested=True)).rowcount
         job = session.get(Job, job_id)
-        if job is None:
-            raise JobNotFound(job_id)
-        if job.status in FINISHED_STATUSES:
-            raise JobStateConflict(job_id, job.status, "cancel")
-        now = utcnow()
-        session.execute(
-            update(Job)
-            .where((Job.id == job_id) & (Job.status == "queued"))
-            .values(status="cancelled", finished_at=now, error="cancelled before it started")
-        )
-        session.execute(update(Job).where((Job.id == job_id) & (Job.status == "running")).values(cancel_requested=True))
         session.commit()
-        session.refresh(job)
+    if job is None:
+        raise JobNotFound(job_id)
+    if not changed:
+        raise JobStateConflict(job_id, job.status, "cancel")
     return job
 
 
@@ -287,9 +314,9 @@ def reap_expired(engine: Engine, now: datetime | None = None) -> int:
         requeued = session.execute(
             update(Job).where(expired).values(status="queued", worker_id=None, lease_expires_at=None)
         ).rowcount
+        if requeued:
+            _notify(session)
         session.commit()
-    if requeued:
-        _notify(engine)
     return cancelled + lost + requeued
 
 
@@ -320,13 +347,76 @@ def list_workers(engine: Engine, limit: int = 200) -> list[Worker]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Wake-ups (PostgreSQL LISTEN/NOTIFY; SQLite workers poll)
+# Sessions, and wake-ups (PostgreSQL LISTEN/NOTIFY; SQLite workers poll)
 # ---------------------------------------------------------------------------------------------
 
 
-def _notify(engine: Engine) -> None:
+def _write_session(engine: Engine) -> Session:
+    """A session for a transaction that reads before it writes: BEGIN IMMEDIATE on SQLite, so it
+    waits for the write lock up front instead of failing on a stale snapshot."""
     if is_sqlite(engine):
-        return
-    with engine.connect() as connection:
-        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-        connection.commit()
+        engine = engine.execution_options(sqlite_begin="IMMEDIATE")
+    return Session(engine, expire_on_commit=False)
+
+
+def _notify(session: Session) -> None:
+    """Wake idle PostgreSQL workers when this transaction commits (NOTIFY is transactional)."""
+    if not is_sqlite(session.get_bind()):
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+class JobWakeups:
+    """Lets an idle worker slot sleep until a job may be waiting.
+
+    PostgreSQL: a connection of its own LISTENs on NOTIFY_CHANNEL, so a submit or a requeue wakes
+    the slot at once. The timeout keeps polling as the fallback, for a notification that never
+    comes (a broken connection, a pooler that drops LISTEN). SQLite: the timeout alone.
+    """
+
+    STOP_CHECK_SECONDS = 0.25
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._connection: psycopg.Connection | None = None
+        self._warned = False
+
+    def listen(self) -> None:
+        """Call before each look at the queue: a notification sent in between is kept for wait()."""
+        if self._connection is not None or is_sqlite(self.engine):
+            return
+        try:
+            pooled = self.engine.raw_connection()
+            connection = pooled.driver_connection
+            pooled.detach()  # LISTEN is per connection: keep this one out of the shared pool
+            connection.rollback()
+            connection.autocommit = True
+            connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except (DBAPIError, psycopg.Error) as exc:
+            if not self._warned:
+                log.warning("cannot LISTEN for new jobs, polling instead: %s", str(exc).strip().splitlines()[0])
+                self._warned = True
+            return
+        self._connection = connection
+        self._warned = False
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Return on a notification, after `timeout` seconds, or soon after `stop` is set."""
+        if self._connection is None:
+            stop.wait(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
+                if list(self._connection.notifies(timeout=min(remaining, self.STOP_CHECK_SECONDS), stop_after=1)):
+                    # One look at the queue answers every notification that has arrived.
+                    list(self._connection.notifies(timeout=0))
+                    return
+        except psycopg.Error as exc:
+            log.warning("lost the LISTEN connection, polling until it is back: %s", str(exc).strip().splitlines()[0])
+            self.close()
+            stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

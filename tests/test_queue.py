@@ -1,0 +1,279 @@
+"""The queue protocol (app/queue.py), one suite run on every database it supports: SQLite and
+PostgreSQL, through the `engine` fixture. Races run in real processes."""
+
+import multiprocessing
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from app import queue
+from app.db import make_engine
+from app.models import JobCreate, as_utc, utcnow
+
+LEASE_SECONDS = 60
+JOB_PARAMS = {"dataset": "synthetic", "pretrained": False, "epochs": 1, "wandb_mode": "disabled"}
+
+
+def submit(engine: Engine, max_attempts: int = 3, **params):
+    return queue.submit(engine, JobCreate(**{**JOB_PARAMS, **params}), default_wandb_mode="disabled", max_attempts=max_attempts)
+
+
+def claim(engine: Engine, worker_id: str = "worker-a") -> queue.Claim:
+    claimed = queue.claim(engine, worker_id, LEASE_SECONDS)
+    assert claimed is not None
+    return claimed
+
+
+def after_lease() -> object:
+    """A moment when every lease taken now has expired."""
+    return utcnow() + timedelta(seconds=LEASE_SECONDS + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Claiming
+# ---------------------------------------------------------------------------------------------
+
+
+def _claim_until_empty(database_url: str, worker_id: str, ready, start, results) -> None:
+    engine = make_engine(database_url)
+    with engine.connect():
+        pass  # connected before the start, so the claims overlap
+    ready.wait()
+    start.wait()
+    claimed = []
+    while (job := queue.claim(engine, worker_id, LEASE_SECONDS)) is not None:
+        claimed.append((job.job_id, job.attempt))
+    results.put((worker_id, claimed))
+    engine.dispose()
+
+
+def test_four_processes_claim_each_of_200_jobs_exactly_once(engine: Engine):
+    job_ids = {submit(engine).id for _ in range(200)}
+    context = multiprocessing.get_context("spawn")
+    ready, start, results = context.Barrier(5), context.Event(), context.Queue()
+    url = engine.url.render_as_string(hide_password=False)
+    processes = [
+        context.Process(target=_claim_until_empty, args=(url, f"claimer-{n}", ready, start, results)) for n in range(4)
+    ]
+    for process in processes:
+        process.start()
+    ready.wait(timeout=120)
+    start.set()
+    by_worker = dict(results.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+    claimed = [job_id for jobs in by_worker.values() for job_id, _ in jobs]
+    assert sorted(claimed) == sorted(job_ids)
+    assert all(attempt == 1 for jobs in by_worker.values() for _, attempt in jobs)
+    jobs, total = queue.list_jobs(engine, status="running", limit=500, offset=0)
+    assert total == 200
+    owner = {job_id: worker for worker, jobs in by_worker.items() for job_id, _ in jobs}
+    assert all(job.worker_id == owner[job.id] and job.attempts == 1 for job in jobs)
+
+
+def test_claim_takes_the_oldest_queued_job_and_sets_a_lease(engine: Engine):
+    first, second = submit(engine), submit(engine)
+    before = utcnow()
+    claimed = claim(engine)
+    assert (claimed.job_id, claimed.attempt, claimed.worker_id) == (first.id, 1, "worker-a")
+    assert claimed.params["dataset"] == "synthetic" and claimed.name == first.name
+    job = queue.get_job(engine, first.id)
+    assert job.status == "running" and job.worker_id == "worker-a"
+    assert before + timedelta(seconds=LEASE_SECONDS - 5) < as_utc(job.lease_expires_at) <= utcnow() + timedelta(seconds=LEASE_SECONDS)
+    assert claim(engine).job_id == second.id
+    assert queue.claim(engine, "worker-a", LEASE_SECONDS) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fencing and the lease
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stale_worker_is_fenced_out_after_its_job_is_handed_on(engine: Engine):
+    job = submit(engine)
+    stale = claim(engine, "worker-stale")
+    assert queue.record_progress(engine, stale, progress={"epoch": 0, "batch": 1}, points=[("train", 1, {"train_loss": 2.3})])
+
+    # Its lease expires (it stopped heartbeating), the reaper requeues, another worker claims.
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    assert queue.get_job(engine, job.id).status == "queued"
+    fresh = claim(engine, "worker-fresh")
+    assert (fresh.job_id, fresh.attempt) == (job.id, 2)
+
+    # Everything the stale worker says from now on is refused and changes nothing.
+    late_metrics = {"test_accuracy": 99.0, "test_loss": 0.01}
+    assert not queue.record_progress(
+        engine, stale, progress={"epoch": 1, "epochs": 1}, metrics=late_metrics, points=[("epoch", 1, late_metrics)]
+    )
+    assert not queue.record_wandb(engine, stale, mode="offline", url=None, run_id="stale", run_dir="/stale", note=None)
+    assert not queue.finish(engine, stale, "succeeded", metrics=late_metrics, artifacts=[{"name": "model.pth", "size": 1}])
+    assert not queue.release(engine, stale)
+    assert queue.renew(engine, stale, LEASE_SECONDS) == "lost"
+
+    current = queue.get_job(engine, job.id)
+    assert (current.status, current.worker_id, current.attempts) == ("running", "worker-fresh", 2)
+    assert current.metrics == {} and current.artifacts == [] and current.wandb_run_id is None
+    assert [(m.attempt, m.kind) for m in queue.job_metrics(engine, job.id)] == [(1, "train")]
+
+    # The current owner's writes go through.
+    assert queue.record_progress(engine, fresh, progress={"epoch": 1, "epochs": 1}, metrics={"test_accuracy": 50.0})
+    assert queue.finish(engine, fresh, "succeeded", metrics={"test_accuracy": 50.0}, artifacts=[])
+    done = queue.get_job(engine, job.id)
+    assert done.status == "succeeded" and done.metrics == {"test_accuracy": 50.0} and done.attempts == 2
+    assert not queue.finish(engine, fresh, "failed", error="twice")
+
+
+def test_renew_extends_the_lease_and_says_cancel_or_lost(engine: Engine):
+    job = submit(engine)
+    claimed = claim(engine)
+    assert queue.renew(engine, claimed, LEASE_SECONDS * 3) == "ok"
+    # A healthy job keeps its worker however long it runs: only an expired lease is reaped.
+    assert queue.reap_expired(engine, now=after_lease()) == 0
+    assert queue.get_job(engine, job.id).status == "running"
+
+    queue.request_cancel(engine, job.id)
+    assert queue.renew(engine, claimed, LEASE_SECONDS) == "cancel"
+    assert queue.finish(engine, claimed, "cancelled", error="cancelled by request")
+    assert queue.renew(engine, claimed, LEASE_SECONDS) == "lost"
+
+
+def test_reaper_requeues_an_expired_job_then_fails_it_as_worker_lost(engine: Engine):
+    job = submit(engine, max_attempts=2)
+    claim(engine, "worker-a")
+    assert queue.reap_expired(engine) == 0  # not expired yet
+
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    requeued = queue.get_job(engine, job.id)
+    assert (requeued.status, requeued.attempts, requeued.worker_id) == ("queued", 1, None)
+
+    assert claim(engine, "worker-b").attempt == 2
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    lost = queue.get_job(engine, job.id)
+    assert lost.status == "failed" and lost.attempts == 2
+    assert lost.error.startswith("worker lost")
+    assert lost.finished_at is not None and lost.lease_expires_at is None
+    assert queue.claim(engine, "worker-c", LEASE_SECONDS) is None
+
+
+def test_reaper_ends_a_cancelled_job_whose_worker_was_lost(engine: Engine):
+    job = submit(engine)
+    claim(engine)
+    queue.request_cancel(engine, job.id)
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    assert queue.get_job(engine, job.id).status == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cancel, release, retry
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_job_ends_it_at_once(engine: Engine):
+    job = submit(engine)
+    cancelled = queue.request_cancel(engine, job.id)
+    assert cancelled.status == "cancelled" and cancelled.finished_at is not None
+    assert queue.get_job(engine, job.id).status == "cancelled"
+    assert queue.claim(engine, "worker-a", LEASE_SECONDS) is None
+
+
+def test_cancel_of_a_running_job_flags_it_for_its_worker(engine: Engine):
+    job = submit(engine)
+    claim(engine)
+    flagged = queue.request_cancel(engine, job.id)
+    assert flagged.status == "running" and flagged.cancel_requested
+    assert queue.request_cancel(engine, job.id).cancel_requested  # asking twice is harmless
+
+
+def test_cancel_refuses_unknown_and_finished_jobs(engine: Engine):
+    with pytest.raises(queue.JobNotFound):
+        queue.request_cancel(engine, 424242)
+    job = submit(engine)
+    queue.finish(engine, claim(engine), "succeeded", metrics={}, artifacts=[])
+    with pytest.raises(queue.JobStateConflict, match="is succeeded") as conflict:
+        queue.request_cancel(engine, job.id)
+    assert conflict.value.status == "succeeded"
+
+
+def test_release_requeues_without_spending_an_attempt(engine: Engine):
+    job = submit(engine, max_attempts=1)
+    claimed = claim(engine)
+    queue.record_progress(engine, claimed, progress={"epoch": 0, "batch": 3}, points=[("train", 3, {"train_loss": 2.0})])
+    assert queue.release(engine, claimed)
+
+    released = queue.get_job(engine, job.id)
+    assert (released.status, released.attempts, released.worker_id) == ("queued", 0, None)
+    assert released.progress == {} and queue.job_metrics(engine, job.id) == []
+    again = claim(engine, "worker-b")
+    assert (again.job_id, again.attempt) == (job.id, 1)
+    assert not queue.release(engine, claimed)  # the old claim no longer owns it
+
+
+def test_release_of_a_job_with_a_cancel_request_cancels_it(engine: Engine):
+    job = submit(engine)
+    claimed = claim(engine)
+    queue.request_cancel(engine, job.id)
+    assert queue.release(engine, claimed)
+    assert queue.get_job(engine, job.id).status == "cancelled"
+    assert queue.claim(engine, "worker-b", LEASE_SECONDS) is None
+
+
+def test_retry_makes_a_linked_job_only_for_failed_or_cancelled_ones(engine: Engine):
+    failed = submit(engine, lr=0.05, name="to-retry")
+    queue.finish(engine, claim(engine), "failed", error="boom")
+    retried = queue.retry(engine, failed.id, max_attempts=3)
+    assert retried.id != failed.id and retried.retry_of == failed.id
+    assert (retried.status, retried.attempts, retried.name) == ("queued", 0, "to-retry")
+    assert retried.params["lr"] == 0.05 and retried.params["dataset"] == "synthetic"
+
+    cancelled = submit(engine)
+    queue.request_cancel(engine, cancelled.id)
+    assert queue.retry(engine, cancelled.id, max_attempts=3).retry_of == cancelled.id
+
+    with pytest.raises(queue.JobStateConflict, match="is queued"):
+        queue.retry(engine, retried.id, max_attempts=3)
+    running = claim(engine)
+    with pytest.raises(queue.JobStateConflict, match="is running"):
+        queue.retry(engine, running.job_id, max_attempts=3)
+    queue.finish(engine, running, "succeeded", metrics={}, artifacts=[])
+    with pytest.raises(queue.JobStateConflict, match="is succeeded"):
+        queue.retry(engine, running.job_id, max_attempts=3)
+    with pytest.raises(queue.JobNotFound):
+        queue.retry(engine, 424242, max_attempts=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wake-ups
+# ---------------------------------------------------------------------------------------------
+
+
+def seconds_taken(operation) -> float:
+    started = time.monotonic()
+    operation()
+    return time.monotonic() - started
+
+
+def test_an_idle_slot_wakes_for_a_new_job_on_postgresql_and_polls_on_sqlite(engine: Engine):
+    wakeups, stop = queue.JobWakeups(engine), threading.Event()
+    wakeups.listen()
+    try:
+        if engine.dialect.name == "postgresql":
+            submit(engine)  # between LISTEN and the wait: kept for the wait, not missed
+            assert seconds_taken(lambda: wakeups.wait(30, stop)) < 5
+            submitter = threading.Timer(0.2, submit, args=(engine,))
+            submitter.start()
+            assert seconds_taken(lambda: wakeups.wait(30, stop)) < 5
+            submitter.join()
+        else:
+            assert 0.3 <= seconds_taken(lambda: wakeups.wait(0.3, stop)) < 5
+
+        stopper = threading.Timer(0.2, stop.set)
+        stopper.start()
+        assert seconds_taken(lambda: wakeups.wait(30, stop)) < 5
+        stopper.join()
+    finally:
+        wakeups.close()
