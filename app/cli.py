@@ -1,4 +1,4 @@
-"""The `trainboard` command: serve, worker, up."""
+"""The `trainboard` command: serve, worker, up; submit, status, cancel for scripts."""
 
 import argparse
 import logging
@@ -42,7 +42,27 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
     worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+    for name, help_text in (
+        ("submit", "submit a job: key=value ... (values parsed as JSON where they parse)"),
+        ("status", "show a job's status and metrics"),
+        ("cancel", "cancel a queued or running job"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
+        command.add_argument("--token", help="access token (default: $TRAINBOARD_TOKEN)")
+        if name == "submit":
+            command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
+            command.add_argument("params", nargs="*", metavar="key=value")
+        else:
+            command.add_argument("job_id", type=int)
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="print the job as JSON")
     args = parser.parse_args(argv)
+
+    if args.command in ("submit", "status", "cancel"):
+        from app.client import run
+
+        sys.exit(run(args.command, args))
 
     logging.basicConfig(
         level=os.environ.get("TRAINBOARD_LOG_LEVEL", "INFO"),

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app import api, pages
+from app import api, metrics, pages
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
 
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=pages.TEMPLATES_DIR / "static"), name="static")
     app.include_router(pages.router)
     app.include_router(api.router)
+    app.include_router(metrics.router)
     return app
 
 

@@ -1,0 +1,78 @@
+"""`trainboard submit | status | cancel` and GET /metrics against a real app and worker."""
+
+import subprocess
+import sys
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+TINY = ["dataset=synthetic", "pretrained=false", "epochs=1", "batch_size=32", "train_subset=128", "test_subset=64"]
+
+
+def trainboard(stack, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**stack.env, "TRAINBOARD_URL": stack.base_url}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def samples(stack) -> dict[tuple[str, tuple], float]:
+    response = stack.client.get("/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def test_submit_wait_status_cancel_and_metrics(make_stack):
+    stack = make_stack()
+    stack.serve()
+    before = samples(stack)
+    assert before[("trainboard_jobs", (("status", "succeeded"),))] == 0
+    assert before[("trainboard_workers_alive", ())] == 0
+
+    stack.worker()
+    wait_for(lambda: samples(stack)[("trainboard_workers_alive", ())] == 1, 60, message="the worker to register")
+
+    done = trainboard(stack, "submit", "--wait", *TINY, "wandb_mode=offline", 'tags=["cli"]', "name=from cli")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first_line, *_, last_line = done.stdout.strip().splitlines()
+    assert first_line.startswith("job 1 queued: ") and first_line.endswith(f"{stack.base_url}/jobs/1")
+    assert last_line.startswith("job 1 succeeded: test accuracy ") and "wandb sync " in last_line
+    job = stack.job(1)
+    assert job["name"] == "from cli" and job["params"]["tags"] == ["cli"] and job["params"]["epochs"] == 1
+
+    status = trainboard(stack, "status", "1")
+    assert status.returncode == 0 and status.stdout.startswith("job 1 succeeded, epoch 1/1, test accuracy ")
+
+    failing = trainboard(stack, "submit", "--wait", *TINY, "pretrained=true", "wandb_mode=disabled")
+    assert failing.returncode == 1
+    assert "failed: the pretrained ResNet-18 weights could not be downloaded" in failing.stdout.strip().splitlines()[-1]
+
+    refused = trainboard(stack, "submit", "epochs=0")
+    assert refused.returncode == 2 and "epochs" in refused.stderr and "422" in refused.stderr
+
+    after = samples(stack)
+    assert after[("trainboard_jobs", (("status", "succeeded"),))] == 1
+    assert after[("trainboard_jobs", (("status", "failed"),))] == 1
+    assert after[("trainboard_job_outcomes_total", (("status", "succeeded"),))] == 1
+    assert after[("trainboard_job_queue_wait_seconds_count", ())] == 2
+    assert after[("trainboard_job_run_duration_seconds_count", ())] == 2
+    assert after[("trainboard_job_run_duration_seconds_sum", ())] > 0
+
+    # Cancel a job that is still queued: the only worker is stopped first.
+    stack.processes[-1].terminate()
+    stack.processes[-1].wait(timeout=40)
+    queued = trainboard(stack, "submit", *TINY)
+    job_id = queued.stdout.split()[1]
+    cancelled = trainboard(stack, "cancel", job_id)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"job {job_id} cancelled"
+    assert trainboard(stack, "cancel", job_id).returncode == 2  # 409: already cancelled
+    assert trainboard(stack, "status", "999").returncode == 2
+    assert samples(stack)[("trainboard_job_outcomes_total", (("status", "cancelled"),))] == 1
