@@ -1,11 +1,11 @@
 """The `trainboard` command: serve, worker, up; submit, status, cancel for scripts."""
 
 import argparse
-import logging
-import os
 import signal
 import subprocess
 import sys
+
+from app.logs import configure_logging
 
 
 def serve(host: str, port: int) -> None:
@@ -13,7 +13,7 @@ def serve(host: str, port: int) -> None:
 
     from app.main import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(), host=host, port=port, log_config=None)
 
 
 def up(host: str, port: int, gpus: str) -> None:
@@ -64,10 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.exit(run(args.command, args))
 
-    logging.basicConfig(
-        level=os.environ.get("TRAINBOARD_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging()
     if args.command == "serve":
         serve(args.host, args.port)
     elif args.command == "up":
