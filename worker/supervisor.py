@@ -35,6 +35,8 @@ log = logging.getLogger("trainboard.worker")
 T = TypeVar("T")
 
 PROGRESS_FLUSH_SECONDS = 1.0
+# How long the reports of an exited child may lag behind its exit (a grandchild holding the pipe).
+REPORTS_DRAIN_SECONDS = 5.0
 LOG_TAIL_LINES = 5
 # The child needs neither the database nor the dashboard's secrets.
 WITHHELD_FROM_CHILD = ("TRAINBOARD_DATABASE_URL", "TRAINBOARD_TOKEN")
@@ -98,21 +100,26 @@ class Supervisor:
     # ---- A slot ---------------------------------------------------------------------------------
 
     def _slot_loop(self, slot: Slot) -> None:
-        while not self.stopping.is_set():
-            try:
-                claim = self._with_retries(lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds))
-            except DatabaseUnavailable:
-                continue
-            if claim is None:
-                self.stopping.wait(self.settings.poll_seconds)
-                continue
-            slot.job_id = claim.job_id
-            try:
-                JobRun(self, slot, claim).run()
-            except Exception:
-                log.exception("slot %d: supervising job %d failed", slot.index, claim.job_id)
-            finally:
-                slot.job_id = None
+        wakeups = queue.JobWakeups(self.engine)
+        try:
+            while not self.stopping.is_set():
+                wakeups.listen()
+                try:
+                    claim = self._with_retries(lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds))
+                except DatabaseUnavailable:
+                    continue
+                if claim is None:
+                    wakeups.wait(self.settings.poll_seconds, self.stopping)
+                    continue
+                slot.job_id = claim.job_id
+                try:
+                    JobRun(self, slot, claim).run()
+                except Exception:
+                    log.exception("slot %d: supervising job %d failed", slot.index, claim.job_id)
+                finally:
+                    slot.job_id = None
+        finally:
+            wakeups.close()
 
     def _with_retries(self, operation: Callable[[], T]) -> T:
         """Ride out a database that is briefly locked or unreachable, for at most one lease."""
@@ -158,6 +165,7 @@ class JobRun:
         self.job_dir = self.settings.job_dir(claim.job_id).resolve()
         self.log_path = self.job_dir / "job.log"
         self.reports = _Reports()
+        self.reports_closed = False
         self.owned = True
 
     def run(self) -> None:
@@ -206,8 +214,11 @@ class JobRun:
                 pass_fds=(write_fd,), env=env, cwd=self.job_dir, start_new_session=True,
             )
         os.close(write_fd)
-        child.stdin.write(json.dumps(spec).encode())
-        child.stdin.close()
+        try:
+            child.stdin.write(json.dumps(spec).encode())
+            child.stdin.close()
+        except BrokenPipeError:
+            pass  # it died at start; its exit code and log say why
         threading.Thread(target=_read_reports, args=(read_fd, events), daemon=True, name=f"reports-{self.claim.job_id}").start()
         return child
 
@@ -215,18 +226,12 @@ class JobRun:
         """Relay reports and renew the lease until the child ends. Says how the attempt ended."""
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         next_flush = time.monotonic() + PROGRESS_FLUSH_SECONDS
-        reports_open = True
-        while reports_open or child.poll() is None:
-            try:
-                event = events.get(timeout=0.2)
-                if event is None:
-                    reports_open = False
-                else:
-                    self._take(event)
-            except Empty:
-                pass
+        while child.poll() is None:
+            self._relay(events, timeout=0.2)
             now = time.monotonic()
             if self.supervisor.stopping.is_set():
+                if child.poll() is not None:
+                    break  # it finished meanwhile: record its result rather than run it again
                 self._stop_child(child)
                 return "stop"
             if now >= next_flush or self.reports.metrics is not None:
@@ -276,14 +281,25 @@ class JobRun:
         elif kind == "error":
             self.reports.error = str(event.get("reason", ""))[:2000]
 
+    def _relay(self, events: Queue, timeout: float) -> None:
+        """Take the next report, waiting at most `timeout` seconds."""
+        if self.reports_closed:
+            time.sleep(timeout)
+            return
+        try:
+            event = events.get(timeout=timeout)
+        except Empty:
+            return
+        if event is None:
+            self.reports_closed = True
+        else:
+            self._take(event)
+
     def _drain(self, events: Queue) -> None:
-        while True:
-            try:
-                event = events.get_nowait()
-            except Empty:
-                return
-            if event is not None:
-                self._take(event)
+        """After the child exits: its last reports (the result) may still be in the pipe."""
+        deadline = time.monotonic() + REPORTS_DRAIN_SECONDS
+        while not self.reports_closed and (remaining := deadline - time.monotonic()) > 0:
+            self._relay(events, timeout=remaining)
 
     def _flush(self) -> bool:
         reports = self.reports

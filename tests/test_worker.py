@@ -1,0 +1,190 @@
+"""Workers as real processes on SQLite and PostgreSQL: killed mid-job, cancelled, stopped, lost.
+
+Leases and heartbeats are short here, so a lost worker is noticed in seconds; the jobs are small
+synthetic ones that run long enough to be interrupted.
+"""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from app import queue
+from app.models import Job, JobCreate
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST_LEASES = {
+    "TRAINBOARD_HEARTBEAT_SECONDS": "0.5",
+    "TRAINBOARD_LEASE_SECONDS": "3",
+    "TRAINBOARD_POLL_SECONDS": "0.2",
+    "TRAINBOARD_CANCEL_GRACE_SECONDS": "5",
+}
+# Four batches an epoch, a progress report after each: interruptible from its first seconds.
+TINY_EPOCHS = {
+    "dataset": "synthetic", "pretrained": False, "batch_size": 16, "train_subset": 64, "test_subset": 32,
+    "test_batch_size": 32, "log_interval": 1, "wandb_mode": "disabled",
+}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def submit(engine: Engine, **params) -> Job:
+    return queue.submit(engine, JobCreate(**{**TINY_EPOCHS, **params}), default_wandb_mode="disabled", max_attempts=3)
+
+
+def wait_job(engine: Engine, job_id: int, condition, message: str, stack, timeout: float = 120) -> Job:
+    return wait_for(
+        lambda: (job := queue.get_job(engine, job_id)) and condition(job) and job,
+        timeout, interval=0.1, message=f"job {job_id}: {message}; logs:\n{stack.logs()}",
+    )
+
+
+def training(job: Job) -> bool:
+    """Running, and its child has reported a trained batch."""
+    return job.status == "running" and job.progress.get("batch", 0) >= 1
+
+
+def training_child(job_dir: Path) -> int | None:
+    """The pid of the training process working in job_dir (a slot starts its child there)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"worker.child" in (entry / "cmdline").read_bytes() and (entry / "cwd").resolve() == job_dir.resolve():
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def job_dir(tmp_path: Path, job_id: int) -> Path:
+    return tmp_path / "artifacts" / "jobs" / str(job_id)
+
+
+def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_the_job(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    job = submit(engine, epochs=4)
+    doomed = stack.worker()
+    wait_job(engine, job.id, training, "the first worker to train it", stack)
+    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+
+    doomed.kill()
+    doomed.wait()
+    wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
+
+    stack.worker()
+    done = wait_job(engine, job.id, lambda j: j.status in FINISHED, "the second worker to finish it", stack)
+    assert done.status == "succeeded", done.error
+    assert done.attempts == 2
+    epochs = [(m.attempt, m.step) for m in queue.job_metrics(engine, job.id, "epoch")]
+    assert [step for attempt, step in epochs if attempt == 2] == [1, 2, 3, 4]
+    assert len([step for attempt, step in epochs if attempt == 1]) < 4  # killed mid-job
+
+
+def test_cancel_and_retry_through_the_api(database_url: str, make_stack, tmp_path: Path):
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    stack.serve()
+    client = stack.client
+
+    # Queued (no worker yet): cancelled at once.
+    queued = stack.submit(**TINY_EPOCHS, epochs=100)
+    response = client.post(f"/jobs/{queued['id']}/cancel")
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+
+    # Running: the worker stops its child and records cancelled, keeping the metrics so far.
+    running = stack.submit(**TINY_EPOCHS, epochs=100)
+    stack.worker()
+    stack.wait_status(running["id"], ("running",), timeout=60)
+    wait_for(lambda: "test_accuracy" in stack.job(running["id"])["metrics"], 120, message="a first epoch")
+    child = wait_for(lambda: training_child(job_dir(tmp_path, running["id"])), 10, message="the training child")
+    refused = client.post(f"/jobs/{running['id']}/retry")
+    assert refused.status_code == 409 and "running" in refused.json()["detail"]
+
+    response = client.post(f"/jobs/{running['id']}/cancel")
+    assert response.status_code == 200 and response.json()["cancel_requested"]
+    cancelled = stack.wait_status(running["id"], FINISHED, timeout=60)
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled by request"
+    assert cancelled["metrics"]["test_accuracy"] >= 0 and cancelled["progress"]["epoch"] >= 1
+    assert client.get(f"/jobs/{running['id']}/metrics", params={"kind": "epoch"}).json()
+    wait_for(lambda: not alive(child), 10, message="the cancelled job's child to exit")
+
+    again = client.post(f"/jobs/{running['id']}/cancel")
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+
+    retried = client.post(f"/jobs/{running['id']}/retry")
+    assert retried.status_code == 201, retried.text
+    retry = retried.json()
+    assert retry["retry_of"] == running["id"] and retry["status"] in ("queued", "running")
+    assert {**retry["params"], "name": None} == {**cancelled["params"], "name": None}
+    assert retried.headers["location"] == f"/jobs/{retry['id']}"
+    assert client.post(f"/jobs/{retry['id']}/cancel").status_code == 200
+
+    for action in ("cancel", "retry"):
+        missing = client.post(f"/jobs/987654/{action}")
+        assert missing.status_code == 404 and "987654" in missing.json()["detail"]
+
+
+def test_a_stopping_worker_puts_its_job_back_without_spending_an_attempt(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    job = submit(engine, epochs=100)
+    worker = stack.worker()
+    wait_job(engine, job.id, training, "the worker to train it", stack)
+    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+
+    worker.send_signal(signal.SIGTERM)
+    try:
+        assert worker.wait(timeout=30) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the worker did not stop within 30 s of SIGTERM; logs:\n{stack.logs()}")
+    assert not alive(child)
+    requeued = queue.get_job(engine, job.id)
+    assert (requeued.status, requeued.attempts, requeued.worker_id) == ("queued", 0, None)
+    [registered] = queue.list_workers(engine)
+    assert registered.stopped_at is not None
+
+
+def test_a_lease_lost_on_the_last_attempt_fails_the_job_and_fences_out_its_frozen_worker(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, TRAINBOARD_MAX_ATTEMPTS="1", **FAST_LEASES)
+    stack.serve()
+    job = stack.submit(**TINY_EPOCHS, epochs=100)
+    assert job["max_attempts"] == 1
+    frozen = stack.worker()
+    wait_job(engine, job["id"], training, "the worker to train it", stack)
+    child = wait_for(lambda: training_child(job_dir(tmp_path, job["id"])), 10, message="the training child")
+
+    # The worker stops heartbeating while its child trains on; another worker's reaper sees the
+    # lease expire and, with no attempt left, fails the job.
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        stack.worker()
+        lost = stack.wait_status(job["id"], FINISHED, timeout=60)
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert lost["status"] == "failed" and lost["error"].startswith("worker lost"), lost["error"]
+    assert lost["attempts"] == 1
+
+    # Woken, the frozen worker finds the job is no longer its own: it stops the child and
+    # writes nothing more, and carries on as a worker.
+    wait_for(lambda: not alive(child), 20, message="the frozen worker to stop its training child")
+    assert frozen.poll() is None
+    after = stack.job(job["id"])
+    for field in ("status", "error", "attempts", "progress", "metrics", "finished_at"):
+        assert after[field] == lost[field], field
