@@ -56,8 +56,9 @@ class JobCreate(BaseModel):
     test_subset: int | None = Field(default=None, ge=1, le=10000, description="Evaluate on the first N samples only")
     wandb_project: WandbProject = Field(default="thorough-pytorch", description="W&B project")
     wandb_entity: WandbEntity | None = Field(default=None, description="W&B user or team (default: the key's)")
-    wandb_mode: Literal["online", "offline", "disabled"] | None = Field(
-        default=None, description="online, offline or disabled (default: TRAINBOARD_WANDB_MODE)"
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] | None = Field(
+        default=None,
+        description="auto (online when the worker has a W&B key), online, offline or disabled (default: TRAINBOARD_WANDB_MODE)",
     )
     tags: list[Tag] = Field(default_factory=list, max_length=16, description="W&B tags, up to 16")
 
