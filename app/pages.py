@@ -1,20 +1,25 @@
-"""HTML pages rendered on the server: the job list, the new-job form, a job's page, workers."""
+"""HTML pages rendered on the server: the job list, the new-job form, a job's page (and the
+fragment of it that updates live), the comparison of jobs, workers."""
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, or_, select, tuple_
+from sqlmodel import col
 
-from app import queue
+from app import charts, queue
+from app.db import session_scope
 from app.deps import EngineDep, SettingsDep
-from app.models import STATUSES, Job, JobCreate, JobPublic, as_utc, utcnow
+from app.models import STATUSES, Job, JobCreate, JobMetric, JobPublic, as_utc, utcnow
 from app.settings import Settings
 
 TEMPLATES_DIR = Path(str(files("templates")))
@@ -23,6 +28,9 @@ router = APIRouter(include_in_schema=False)
 
 LIST_COLUMNS = ("lr", "batch_size", "epochs", "model", "dataset")
 LOG_TAIL_BYTES = 20_000
+COMPARE_MIN, COMPARE_MAX = 2, 10
+# How often the job page asks for its live fragment while the job is queued or running.
+LIVE_INTERVAL_MS = 2000
 
 
 def _age(moment: datetime | None) -> str:
@@ -31,10 +39,10 @@ def _age(moment: datetime | None) -> str:
     return _duration(utcnow() - as_utc(moment)) + " ago"
 
 
-def _duration(delta: timedelta | None) -> str:
+def _duration(delta: timedelta | float | None) -> str:
     if delta is None:
         return ""
-    seconds = int(delta.total_seconds())
+    seconds = int(delta.total_seconds() if isinstance(delta, timedelta) else delta)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -50,7 +58,20 @@ def _run_time(job: JobPublic) -> str:
     return _duration((job.finished_at or utcnow()) - job.started_at)
 
 
+def _param_value(value: Any) -> str:
+    """Parameters as a person would type them into the form, not as Python prints them."""
+    if value is None:
+        return "default"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "none"
+    return str(value)
+
+
 templates.env.filters["age"] = _age
+templates.env.filters["duration"] = _duration
+templates.env.filters["param"] = _param_value
 templates.env.globals["run_time"] = _run_time
 
 
@@ -68,6 +89,23 @@ def read_tail(path: Path, max_bytes: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # The form, generated from JobCreate's schema so the bounds and help texts have one source
 # ---------------------------------------------------------------------------------------------
+
+
+def _bounds(option: dict[str, Any]) -> str:
+    low, high = option.get("minimum"), option.get("maximum")
+    above, below = option.get("exclusiveMinimum"), option.get("exclusiveMaximum")
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    parts = []
+    if low is not None:
+        parts.append(f"at least {low}")
+    if above is not None:
+        parts.append(f"more than {above}")
+    if high is not None:
+        parts.append(f"at most {high}")
+    if below is not None:
+        parts.append(f"less than {below}")
+    return ", ".join(parts)
 
 
 @lru_cache
@@ -92,8 +130,9 @@ def form_fields() -> list[dict[str, Any]]:
         elif kind in ("integer", "number"):
             field.update(
                 kind="number",
-                min=option.get("minimum", option.get("exclusiveMinimum")),
-                max=option.get("maximum", option.get("exclusiveMaximum")),
+                min=option.get("minimum"),
+                max=option.get("maximum"),
+                bounds=_bounds(option),
                 step="1" if kind == "integer" else "any",
             )
         elif kind == "array":
@@ -131,21 +170,32 @@ def parse_form(form: dict[str, str]) -> dict[str, Any]:
     return params
 
 
-def _render_form(request: Request, values: dict[str, str], errors: dict[str, str], status_code: int = 200) -> HTMLResponse:
+def _render_form(
+    request: Request,
+    values: dict[str, str],
+    errors: dict[str, str],
+    status_code: int = 200,
+    clone_of: Job | None = None,
+    missing_clone: int | None = None,
+) -> HTMLResponse:
     return templates.TemplateResponse(
-        request, "new.html", {"fields": form_fields(), "values": values, "errors": errors}, status_code=status_code
+        request,
+        "new.html",
+        {"fields": form_fields(), "values": values, "errors": errors, "clone_of": clone_of, "missing_clone": missing_clone},
+        status_code=status_code,
     )
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
 def new_job_form(request: Request, engine: EngineDep, clone: Annotated[int | None, Query()] = None) -> HTMLResponse:
-    params: dict[str, Any] = {}
-    if clone is not None:
-        try:
-            params = {**queue.get_job(engine, clone).params, "name": None}
-        except queue.JobNotFound:
-            params = {}
-    return _render_form(request, _form_values(params), {})
+    if clone is None:
+        return _render_form(request, _form_values({}), {})
+    try:
+        original = queue.get_job(engine, clone)
+    except queue.JobNotFound:
+        return _render_form(request, _form_values({}), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
+    # The clone gets a name of its own; two runs with one name are confusing in W&B.
+    return _render_form(request, _form_values({**original.params, "name": None}), {}, clone_of=original)
 
 
 @router.post("/jobs/new", response_class=HTMLResponse)
@@ -162,8 +212,40 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
 
 
 # ---------------------------------------------------------------------------------------------
-# The list, a job, workers
+# The list
 # ---------------------------------------------------------------------------------------------
+
+
+def _search_condition(search: str):
+    """Name or tag contains the text, case-insensitively. Tags are matched in the JSON text of
+    params.tags, which both SQLite and PostgreSQL can extract without a table of their own."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    return or_(
+        col(Job.name).ilike(pattern, escape="\\"),
+        Job.params["tags"].as_string().ilike(pattern, escape="\\"),
+    )
+
+
+def list_page(
+    engine: Engine, *, status_filter: str | None, search: str | None, limit: int, offset: int
+) -> tuple[list[Job], dict[str, int]]:
+    """A page of jobs, newest first, and how many jobs each status has under the search."""
+    conditions = [_search_condition(search)] if search else []
+    query = select(Job).where(*conditions)
+    if status_filter:
+        query = query.where(Job.status == status_filter)
+    counts_query = select(Job.status, func.count()).where(*conditions).group_by(Job.status)
+    with session_scope(engine) as session:
+        jobs = list(session.scalars(query.order_by(col(Job.id).desc()).limit(limit).offset(offset)))
+        counts = {row[0]: row[1] for row in session.execute(counts_query)}
+    return jobs, counts
+
+
+def _page_link(status_filter: str | None, search: str | None, limit: int, offset: int) -> str:
+    query = {"status": status_filter, "q": search, "offset": offset or None, "limit": limit if limit != 50 else None}
+    encoded = urlencode({key: value for key, value in query.items() if value})
+    return "/?" + encoded if encoded else "/"
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -171,40 +253,249 @@ def index(
     request: Request,
     engine: EngineDep,
     status_filter: Annotated[str | None, Query(alias="status")] = None,
+    search: Annotated[str | None, Query(alias="q", max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> HTMLResponse:
-    return render_index(request, engine, status_filter if status_filter in STATUSES else None, limit, offset)
+    return render_index(request, engine, status_filter if status_filter in STATUSES else None, limit, offset, search)
 
 
-def render_index(request: Request, engine: Engine, status_filter: str | None, limit: int, offset: int) -> HTMLResponse:
-    jobs, total = queue.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
+def render_index(
+    request: Request, engine: Engine, status_filter: str | None, limit: int, offset: int, search: str | None = None
+) -> HTMLResponse:
+    search = (search or "").strip() or None
+    rows, counts = list_page(engine, status_filter=status_filter, search=search, limit=limit, offset=offset)
+    jobs = [JobPublic.from_job(job) for job in rows]
+    everything = sum(counts.values())
+    total = counts.get(status_filter, 0) if status_filter else everything
     return templates.TemplateResponse(
         request,
         "index.html",
         {
-            "jobs": [JobPublic.from_job(job) for job in jobs],
+            "jobs": jobs,
+            "progress": {job.id: progress_view(job) for job in jobs if job.status == "running"},
             "total": total,
+            "everything": everything,
+            "counts": counts,
             "limit": limit,
             "offset": offset,
             "status_filter": status_filter,
+            "search": search,
             "statuses": STATUSES,
             "columns": LIST_COLUMNS,
+            "newer": _page_link(status_filter, search, limit, max(offset - limit, 0)) if offset > 0 else None,
+            "older": _page_link(status_filter, search, limit, offset + limit) if offset + limit < total else None,
+            "status_link": lambda s: _page_link(s, search, limit, 0),
+            "clear_search": _page_link(status_filter, None, limit, 0),
+            "compare_max": COMPARE_MAX,
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# A job: its page, and the fragment the page polls while the job is queued or running
+# ---------------------------------------------------------------------------------------------
+
+
+def metric_points(engine: Engine, jobs: Iterable[Job]) -> dict[int, dict[str, list[tuple[int, dict[str, Any]]]]]:
+    """{job id: {"epoch": [(step, values)], "train": [...]}} of each job's current attempt, in one query."""
+    current = [(job.id, job.attempts) for job in jobs]
+    points: dict[int, dict[str, list[tuple[int, dict[str, Any]]]]] = {
+        job_id: {"epoch": [], "train": []} for job_id, _ in current
+    }
+    if not current:
+        return points
+    query = (
+        select(JobMetric.job_id, JobMetric.kind, JobMetric.step, JobMetric.values)
+        .where(tuple_(JobMetric.job_id, JobMetric.attempt).in_(current))
+        .order_by(JobMetric.job_id, JobMetric.kind, JobMetric.step)
+    )
+    with session_scope(engine) as session:
+        for job_id, kind, step, values in session.execute(query):
+            points[job_id].setdefault(kind, []).append((step, values))
+    return points
+
+
+def progress_view(job: JobPublic) -> dict[str, Any]:
+    """Fraction done, ETA and throughput from the job's progress and latest metrics.
+
+    The worker reports `epoch` as the epochs finished and `batch` of `batches` within the next
+    one; batch == batches is the end of an epoch, whose count `epoch` already holds.
+    """
+    progress, metrics = job.progress, job.metrics
+    epochs = progress.get("epochs") or job.params.get("epochs") or 1
+    epoch = progress.get("epoch") or 0
+    batch, batches = progress.get("batch") or 0, progress.get("batches") or 0
+    within = batch / batches if batches and batch < batches else 0.0
+    fraction = 1.0 if job.status == "succeeded" else min(1.0, (epoch + within) / epochs)
+    eta_seconds = None
+    if job.status == "running":
+        remaining_epochs = max(0.0, epochs - epoch - within)
+        if metrics.get("epoch_seconds"):
+            eta_seconds = remaining_epochs * metrics["epoch_seconds"]
+        elif fraction > 0 and job.started_at is not None and job.attempts == 1:
+            elapsed = (utcnow() - job.started_at).total_seconds()
+            eta_seconds = elapsed * (1 - fraction) / fraction
+    return {
+        "epoch": epoch,
+        "epochs": epochs,
+        "batch": batch if batch < batches else None,
+        "batches": batches,
+        "percent": round(100 * fraction),
+        "eta": _duration(eta_seconds) if eta_seconds is not None else None,
+        "images_per_second": metrics.get("train_images_per_second"),
+    }
+
+
+def _percent(value: float) -> str:
+    return f"{value:.2f}%"
+
+
+def _loss(value: float) -> str:
+    return f"{value:.4f}"
+
+
+# (chart id, title, kind, value name, x label, format): the charts a job page and the compare page draw.
+CHARTS = (
+    ("test-accuracy-chart", "Test Accuracy (%)", "epoch", "test_accuracy", "epoch", _percent),
+    ("test-loss-chart", "Test Loss (per sample)", "epoch", "test_loss", "epoch", _loss),
+    ("train-loss-chart", "Train loss (epoch mean)", "epoch", "train_loss", "epoch", _loss),
+    ("train-loss-steps-chart", "Train loss (every log_interval batches)", "train", "train_loss", "batch", _loss),
+)
+
+
+def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple[int, dict[str, Any]]]]]]) -> list[tuple[str, Any]]:
+    """(caption, SVG) per chart, each series one job's points."""
+    drawn = []
+    for chart_id, title, kind, value, x_label, value_format in CHARTS:
+        series = [
+            charts.Series(label, [(step, values.get(value)) for step, values in points.get(kind, [])])
+            for label, points in labelled_points
+        ]
+        # Every epoch keeps its own point (JobCreate bounds epochs at 1000); train-loss points are thinned.
+        max_points = charts.MAX_POINTS if kind == "train" else 1000
+        chart = charts.line_chart(chart_id, title, series, x_label=x_label, value_format=value_format, max_points=max_points)
+        drawn.append((title, chart))
+    return drawn
+
+
+def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
+    public = JobPublic.from_job(job)
+    points = metric_points(engine, [job])[job.id]
+    log = read_tail(settings.job_dir(job.id) / "job.log", LOG_TAIL_BYTES)
+    if len(log) >= LOG_TAIL_BYTES and "\n" in log:
+        log = log.split("\n", 1)[1]
+    return {
+        "job": public,
+        "active": job.status in ("queued", "running"),
+        "progress": progress_view(public),
+        "epochs": [values for _, values in points["epoch"]],
+        "charts": draw_charts([(job.name, points)]),
+        "log": log,
+        "live_interval": LIVE_INTERVAL_MS,
+    }
 
 
 def render_job(request: Request, engine: Engine, settings: Settings, job: Job) -> HTMLResponse:
-    epochs = [point.values for point in queue.job_metrics(engine, job.id, "epoch")]
+    return templates.TemplateResponse(request, "job.html", _job_context(engine, settings, job))
+
+
+@router.get("/jobs/{job_id}/live", response_class=HTMLResponse)
+def job_live_fragment(job_id: int, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
+    """The parts of a job's page that change while it runs; the page's script swaps them in."""
+    try:
+        job = queue.get_job(engine, job_id)
+    except queue.JobNotFound as exc:
+        return HTMLResponse(f"<p>{exc}</p>", status_code=status.HTTP_404_NOT_FOUND)
+    response = templates.TemplateResponse(request, "job_live.html", _job_context(engine, settings, job))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing jobs
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_ids(raw: list[str]) -> tuple[list[int], str | None]:
+    ids: list[int] = []
+    for part in (piece.strip() for value in raw for piece in value.split(",")):
+        if not part:
+            continue
+        if not part.isdigit():
+            return [], f"{part!r} is not a job id."
+        if int(part) not in ids:
+            ids.append(int(part))
+    if not COMPARE_MIN <= len(ids) <= COMPARE_MAX:
+        return ids, f"Pick {COMPARE_MIN} to {COMPARE_MAX} jobs to compare; {len(ids)} given."
+    return ids, None
+
+
+def _compare_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(key for job in jobs for key in job.params))
+    rows = []
+    for name in names:
+        values = [_param_value(job.params.get(name)) for job in jobs]
+        if name != "name":
+            rows.append({"name": name, "values": values, "differs": len(set(values)) > 1})
+    return rows
+
+
+def _final_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
+    rows = []
+    for key, label, fmt, best in (
+        ("test_accuracy", "Test Accuracy", _percent, max),
+        ("test_loss", "Test Loss", _loss, min),
+        ("train_loss", "Train loss", _loss, min),
+        ("train_images_per_second", "Train images/s", lambda v: f"{v:,.0f}", max),
+    ):
+        numbers = [job.metrics.get(key) for job in jobs]
+        present = [n for n in numbers if isinstance(n, int | float)]
+        winner = best(present) if len(present) > 1 else None
+        rows.append({
+            "label": label,
+            "cells": [
+                {"text": fmt(n) if isinstance(n, int | float) else "", "best": winner is not None and n == winner}
+                for n in numbers
+            ],
+        })
+    return rows
+
+
+@router.get("/compare", response_class=HTMLResponse)
+def compare(request: Request, engine: EngineDep, ids: Annotated[list[str] | None, Query()] = None) -> HTMLResponse:
+    job_ids, problem = _parse_ids(ids or [])
+    jobs: list[Job] = []
+    missing = []
+    if problem is None:
+        for job_id in job_ids:
+            try:
+                jobs.append(queue.get_job(engine, job_id))
+            except queue.JobNotFound:
+                missing.append(job_id)
+        if missing:
+            problem = "No job " + ", ".join(f"#{job_id}" for job_id in missing) + "."
+    if problem is not None:
+        code = status.HTTP_404_NOT_FOUND if missing else status.HTTP_400_BAD_REQUEST
+        return templates.TemplateResponse(request, "compare.html", {"problem": problem}, status_code=code)
+    points = metric_points(engine, jobs)
+    public = [JobPublic.from_job(job) for job in jobs]
     return templates.TemplateResponse(
         request,
-        "job.html",
+        "compare.html",
         {
-            "job": JobPublic.from_job(job),
-            "epochs": epochs,
-            "log": read_tail(settings.job_dir(job.id) / "job.log", LOG_TAIL_BYTES),
+            "problem": None,
+            "jobs": public,
+            "charts": draw_charts([(f"#{job.id} {job.name}", points[job.id]) for job in jobs]),
+            "rows": _compare_rows(public),
+            "finals": _final_rows(public),
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------------------------
 
 
 def worker_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:

@@ -1,0 +1,339 @@
+"""The HTML pages over HTTP against a real SQLite file: the list (filter, search, pages), a job's
+page and its live fragment, the form (clone), and the compare page. Jobs get their progress and
+metrics through the queue functions a worker uses."""
+
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import queue
+from app.db import get_engine
+from app.main import create_app
+from app.settings import Settings
+
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'pages.db'}",
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data",
+        wandb_mode="offline",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def engine(client, settings: Settings):
+    return get_engine(settings.database_url)
+
+
+def page(client: TestClient, path: str, expected: int = 200) -> str:
+    response = client.get(path, headers=HTML)
+    assert response.status_code == expected, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    return response.text
+
+
+def submit(client: TestClient, **params) -> dict:
+    response = client.post("/jobs", json=params)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def train(engine, epochs_done: int, epochs: int, *, batch: int = 10, batches: int = 10, accuracy_step: float = 5.0):
+    """Claim the oldest queued job and report epochs as the worker does; returns the claim."""
+    claim = queue.claim(engine, "test-worker", 60)
+    assert claim is not None
+    for epoch in range(1, epochs_done + 1):
+        metrics = {
+            "epoch": epoch, "test_accuracy": 20 + accuracy_step * epoch, "test_loss": 2 - 0.1 * epoch,
+            "train_loss": 2.1 - 0.1 * epoch, "train_images_per_second": 900.0 + epoch, "epoch_seconds": 30.0,
+        }
+        train_points = [
+            ("train", (epoch - 1) * batches + step, {"epoch": epoch, "batch": step, "train_loss": 2.2 - 0.01 * step})
+            for step in (5, 10)
+        ]
+        assert queue.record_progress(
+            engine, claim, progress={"epoch": epoch, "epochs": epochs, "batch": batches, "batches": batches},
+            metrics=metrics, points=[*train_points, ("epoch", epoch, metrics)],
+        )
+    if batch < batches:
+        queue.record_progress(engine, claim, progress={"epoch": epochs_done, "epochs": epochs, "batch": batch, "batches": batches})
+    return claim
+
+
+def chart_titles(html: str, chart_id: str) -> list[str]:
+    svg = re.search(rf'<svg class="chart" id="{chart_id}".*?</svg>', html, re.S)
+    assert svg, f"no chart {chart_id}"
+    return re.findall(r"<circle [^>]*><title>(.*?)</title></circle>", svg.group(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# The list
+# ---------------------------------------------------------------------------------------------
+
+
+def test_list_filters_by_status_and_counts_each(client, engine):
+    for name in ("first", "second", "third"):
+        submit(client, name=name)
+    train(engine, 1, 4, batch=5)
+    client.post("/jobs/3/cancel")
+
+    everything = page(client, "/")
+    assert re.search(r'aria-current="page">all <span class="count">3</span>', everything)
+    assert 'queued <span class="count">1</span>' in everything
+    assert 'running <span class="count">1</span>' in everything
+    assert 'cancelled <span class="count">1</span>' in everything
+
+    running = page(client, "/?status=running")
+    assert ">first<" in running and ">second<" not in running and ">third<" not in running
+    assert '<progress max="100" value="38"' in running  # (1 epoch + 5/10 batches) of 4
+    assert "38% · epoch 1/4" in running
+
+
+def test_list_searches_names_and_tags(client):
+    submit(client, name="baseline-lr", tags=["sweep", "cifar"])
+    submit(client, name="other", tags=["Sweep-2"])
+    submit(client, name="100%_done")
+
+    by_name = page(client, "/?q=BASELINE")
+    assert ">baseline-lr<" in by_name and ">other<" not in by_name
+
+    by_tag = page(client, "/?q=sweep")
+    assert ">baseline-lr<" in by_tag and ">other<" in by_tag and "100%_done" not in by_tag
+    assert 'value="sweep"' in by_tag  # the search stays in its box
+
+    # LIKE's wildcards in the search are literal characters.
+    assert ">100%_done<" in page(client, "/?q=%25_")
+    assert "No jobs match" in page(client, "/?q=_x")
+
+    assert "No queued jobs match “sweep”" not in page(client, "/?q=sweep&status=queued")
+    assert "No running jobs match “sweep”" in page(client, "/?q=sweep&status=running")
+
+
+def test_list_pages_keep_the_filters(client):
+    for index in range(5):
+        submit(client, name=f"paged-{index}", tags=["pages"])
+    first = page(client, "/?q=pages&limit=2")
+    assert first.count('name="ids"') == 2
+    assert "1–2 of 5" in first
+    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" rel="next"' in first
+    last = page(client, "/?q=pages&limit=2&offset=4")
+    assert ">paged-0<" in last and 'rel="next"' not in last
+    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" rel="prev"' in last
+
+
+def test_list_rows_have_compare_checkboxes_duration_and_wandb(client, engine):
+    submit(client, name="done")
+    claim = train(engine, 2, 2)
+    queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 30.0, "test_loss": 1.8})
+    listing = page(client, "/")
+    assert 'type="checkbox" name="ids" value="1" form="compare-form"' in listing
+    assert 'aria-label="Select job 1 (done) to compare"' in listing
+    assert "30.00%" in listing and "2/2 epochs" in listing
+    assert re.search(r"<td>\d+s</td>\s*</tr>", listing)  # duration
+
+
+# ---------------------------------------------------------------------------------------------
+# A job's page and its live fragment
+# ---------------------------------------------------------------------------------------------
+
+
+def test_running_job_page_has_progress_eta_and_charts(client, engine):
+    submit(client, name="live-one", epochs=5)
+    train(engine, 3, 5, batch=4)
+    html = page(client, "/jobs/1")
+
+    assert 'data-live-src="/jobs/1/live"' in html
+    assert '<script src="/static/dashboard.js" defer></script>' in html
+    assert "<script>" not in html and "http-equiv=\"refresh\" content=\"5\"" not in html
+    assert '<progress id="progress" max="100" value="68"' in html
+    # 1.6 epochs left (epoch 4 is at batch 4 of 10) at 30 s an epoch.
+    assert "about 48s left" in html
+    assert '<dd id="images-per-second">903</dd>' in html
+
+    assert chart_titles(html, "test-accuracy-chart") == ["epoch 1: 25.00%", "epoch 2: 30.00%", "epoch 3: 35.00%"]
+    assert chart_titles(html, "test-loss-chart")[-1] == "epoch 3: 1.7000"
+    assert chart_titles(html, "train-loss-chart")[0] == "epoch 1: 2.0000"
+    assert chart_titles(html, "train-loss-steps-chart")[:2] == ["batch 5: 2.1500", "batch 10: 2.1000"]
+    assert 'Cancel job #1 (live-one)? Its training stops now.' in html
+
+
+def test_live_fragment_is_the_changing_part_of_the_page(client, engine):
+    submit(client, name="fragment")
+    claim = train(engine, 1, 2, batch=5)
+    fragment = client.get("/jobs/1/live")
+    assert fragment.status_code == 200 and fragment.headers["cache-control"] == "no-store"
+    assert "<html" not in fragment.text and "<body" not in fragment.text
+    assert '<span id="live-state" data-active="true" hidden></span>' in fragment.text
+    top_level_ids = re.findall(r'^<\w+ id="([\w-]+)"', fragment.text, re.M)
+    assert top_level_ids == [
+        "live-state", "job-header", "problems", "summary", "charts", "artifacts-section",
+        "epochs-section", "params-section", "log-section",
+    ]
+    full = page(client, "/jobs/1")
+    for element_id in top_level_ids:
+        assert f'id="{element_id}"' in full
+
+    queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 25.0}, artifacts=[{"name": "model.pth", "size": 2048}])
+    finished = client.get("/jobs/1/live").text
+    assert 'data-active="false"' in finished
+    assert '<a href="/jobs/1/artifacts/model.pth" download>model.pth</a>' in finished
+    assert "data-live-src" not in page(client, "/jobs/1")
+    assert client.get("/jobs/99/live").status_code == 404
+
+
+def test_log_tail_is_shown_and_trimmed_to_whole_lines(client, settings):
+    submit(client, name="chatty")
+    log_dir = settings.job_dir(1)
+    log_dir.mkdir(parents=True)
+    lines = [f"line {index:06d} " + "x" * 50 for index in range(1000)]
+    (log_dir / "job.log").write_text("\n".join(lines) + "\n")
+    html = page(client, "/jobs/1")
+    tail = re.search(r'<pre class="log" id="log-tail"[^>]*>(.*?)</pre>', html, re.S).group(1)
+    assert tail.endswith(lines[-1] + "\n")
+    assert tail.split("\n", 1)[0] in lines  # no half line at the top
+    assert 'href="/jobs/1/log">Full log' in html
+
+
+def test_failed_job_shows_its_reason_first_and_offers_retry(client, engine, settings):
+    submit(client, name="doomed")
+    claim = train(engine, 0, 2)
+    settings.job_dir(1).mkdir(parents=True)
+    (settings.job_dir(1) / "job.log").write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    queue.finish(engine, claim, "failed", error="RuntimeError: out of memory")
+    html = page(client, "/jobs/1")
+    main = html[html.index("<main"):]
+    assert main.index('id="error"') < main.index('id="summary"')
+    assert "<strong>Failed:</strong> RuntimeError: out of memory" in html
+    assert '<a href="#log">The log below</a> has the traceback.' in html
+    assert 'action="/jobs/1/retry"' in html and 'action="/jobs/1/cancel"' not in html
+    assert "Traceback (most recent call last)" in html
+
+    retried = client.post("/jobs/1/retry", headers=HTML, follow_redirects=False)
+    assert retried.status_code == 303 and retried.headers["location"] == "/jobs/2"
+    assert 'retry of <a href="/jobs/1">#1</a>' in page(client, "/jobs/2")
+
+
+def test_offline_run_has_its_sync_command_with_a_copy_button(client, engine):
+    submit(client, name="offline")
+    claim = train(engine, 1, 1)
+    queue.record_wandb(engine, claim, mode="offline", url=None, run_id="abc", run_dir="/runs/offline-run-abc", note=None)
+    html = page(client, "/jobs/1")
+    assert '<code id="sync-command">wandb sync /runs/offline-run-abc</code>' in html
+    assert '<button type="button" class="copy" data-copy-target="sync-command">Copy</button>' in html
+
+
+def test_queued_job_can_be_cancelled_from_its_page(client):
+    submit(client, name="waiting")
+    html = page(client, "/jobs/1")
+    assert 'action="/jobs/1/cancel"' in html and "Cancel job #1 (waiting)?" in html
+    assert "Its training stops now" not in html  # nothing runs yet
+    response = client.post("/jobs/1/cancel", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303
+    after = page(client, "/jobs/1")
+    assert 'class="badge cancelled" id="status"' in after and 'action="/jobs/1/retry"' in after
+
+
+def test_hyperparameters_read_as_typed(client):
+    submit(client, name="params", tags=["a", "b"], pretrained=False)
+    html = page(client, "/jobs/1")
+    assert "<dt>pretrained</dt><dd>false</dd>" in html
+    assert "<dt>tags</dt><dd>a, b</dd>" in html
+    assert "<dt>wandb_entity</dt><dd>default</dd>" in html
+
+
+def test_job_page_with_many_epochs_folds_the_table_and_thins_the_step_chart(client, engine):
+    submit(client, name="long", epochs=400)
+    claim = queue.claim(engine, "test-worker", 60)
+    points = []
+    for epoch in range(1, 401):
+        values = {"epoch": epoch, "test_accuracy": 50.0, "test_loss": 1.0, "train_loss": 1.0,
+                  "train_images_per_second": 1000.0, "epoch_seconds": 1.0}
+        points += [("epoch", epoch, values), ("train", epoch, {"epoch": epoch, "batch": 1, "train_loss": 1.0 / epoch})]
+    queue.record_progress(engine, claim, progress={"epoch": 400, "epochs": 400, "batch": 1, "batches": 1}, points=points)
+    html = page(client, "/jobs/1")
+    assert "<details >" in html.replace("<details open>", "OPEN")
+    assert len(chart_titles(html, "test-accuracy-chart")) == 400
+    steps = chart_titles(html, "train-loss-steps-chart")
+    assert len(steps) == 200 and steps[0] == "batch 1–2 (mean of 2): 0.7500"
+
+
+# ---------------------------------------------------------------------------------------------
+# The form
+# ---------------------------------------------------------------------------------------------
+
+
+def test_clone_prefills_the_form_without_the_name(client):
+    submit(client, name="original", lr=0.05, epochs=3, dataset="synthetic", pretrained=False, tags=["x", "y"])
+    form = page(client, "/jobs/new?clone=1")
+    assert 'Cloned from <a href="/jobs/1">#1 original</a>' in form
+    assert 'name="lr" value="0.05"' in form and 'name="epochs" value="3"' in form
+    assert 'name="tags" value="x, y"' in form
+    assert '<option value="synthetic" selected>' in form
+    assert 'id="pretrained" name="pretrained"  aria-describedby' in form  # unchecked
+    assert 'name="name" value=""' in form
+    assert "There is no job #42 to clone" in page(client, "/jobs/new?clone=42", 404)
+
+
+def test_form_states_each_bound_and_marks_errors_for_assistive_technology(client):
+    form = page(client, "/jobs/new")
+    assert "SGD learning rate (more than 0, at most 10)" in form
+    assert "SGD momentum (at least 0, less than 1)" in form
+    assert "Training batch size (1 to 4096)" in form
+    response = client.post("/jobs/new", data={"epochs": "0", "name": "keep"}, headers=HTML)
+    assert response.status_code == 422
+    assert 'aria-describedby="epochs-help epochs-error" aria-invalid="true"' in response.text
+    assert 'Fix the field marked below: <a href="#epochs">epochs</a>' in response.text
+
+
+# ---------------------------------------------------------------------------------------------
+# Compare
+# ---------------------------------------------------------------------------------------------
+
+
+def test_compare_overlays_curves_and_highlights_differences(client, engine):
+    submit(client, name="low-lr", lr=0.01, epochs=2)
+    submit(client, name="high-lr", lr=0.1, epochs=2)
+    first = train(engine, 2, 2, accuracy_step=5)
+    queue.finish(engine, first, "succeeded", metrics={"test_accuracy": 30.0, "test_loss": 1.8})
+    second = train(engine, 2, 2, accuracy_step=10)
+    queue.finish(engine, second, "succeeded", metrics={"test_accuracy": 40.0, "test_loss": 1.8})
+
+    html = page(client, "/compare?ids=1&ids=2")
+    accuracy = chart_titles(html, "test-accuracy-chart")
+    assert accuracy == ["#1 low-lr, epoch 1: 25.00%", "#1 low-lr, epoch 2: 30.00%",
+                        "#2 high-lr, epoch 1: 30.00%", "#2 high-lr, epoch 2: 40.00%"]
+    assert '<g class="series series-0">' in html and '<g class="series series-1">' in html
+    assert re.search(r'<tr class="differs">\s*<th scope="row"><span class="marker" aria-hidden="true">≠</span>'
+                     r'<span class="visually-hidden">differs: </span>lr</th>\s*<td>0.01</td><td>0.1</td>', html)
+    assert re.search(r"<tr>\s*<th scope=\"row\">epochs</th>", html)  # equal: not highlighted
+    assert '<td class="best">40.00%' in html and "<td>30.00%</td>" in html
+    assert page(client, "/compare?ids=2,1").count('class="differs"') == html.count('class="differs"')
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ("", 400, "Pick 2 to 10 jobs to compare; 0 given."),
+        ("?ids=1", 400, "Pick 2 to 10 jobs to compare; 1 given."),
+        ("?ids=1&ids=1", 400, "Pick 2 to 10 jobs to compare; 1 given."),
+        ("?ids=" + ",".join(str(i) for i in range(1, 12)), 400, "Pick 2 to 10 jobs to compare; 11 given."),
+        ("?ids=1&ids=abc", 400, "&#39;abc&#39; is not a job id."),
+        ("?ids=1&ids=77", 404, "No job #77."),
+    ],
+)
+def test_compare_refuses_what_it_cannot_show(client, query, status, message):
+    submit(client, name="only")
+    assert message in page(client, "/compare" + query, status)
