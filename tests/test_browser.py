@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, wait_for
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:
+    expect = sync_playwright = None
+
+from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -48,10 +53,8 @@ def _unavailable(reason: str):
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        _unavailable(f"the playwright package is not installed: {exc}")
+    if sync_playwright is None:
+        _unavailable("the playwright package is not installed: `pip install -e .[dev]`")
     if not CHROMIUM.is_file():
         _unavailable(f"Chromium is not at {CHROMIUM}; install it with `apt-get install chromium`")
     with sync_playwright() as playwright:
@@ -92,10 +95,18 @@ def fill_job_form(page, values: dict[str, str], pretrained: bool = False) -> Non
     page.locator("input[name=pretrained]").set_checked(pretrained)
 
 
-def test_submit_from_the_form_and_watch_it_succeed(make_stack, page, screenshot):
+def wait_finished(page, job_id: int, stack) -> str:
+    """The job page's status once the job ends, as its live updates show it (no reload)."""
+    expect(page.locator("#status")).to_have_text(re.compile("succeeded|failed|cancelled"), timeout=240_000)
+    status = page.locator("#status").inner_text()
+    assert status == "succeeded", f"job {job_id}: {page.locator('#problems').inner_text()}\n{stack.logs()}"
+    return status
+
+
+def test_submit_watch_live_clone_and_compare(make_stack, page, screenshot):
     stack = make_stack()
     stack.serve()
-    stack.worker()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
 
     page.goto(stack.base_url + "/")
     page.get_by_role("link", name="New job").click()
@@ -105,27 +116,99 @@ def test_submit_from_the_form_and_watch_it_succeed(make_stack, page, screenshot)
     page.get_by_role("button", name="Submit job").click()
 
     page.wait_for_url(re.compile(r"/jobs/\d+$"))
-    job_id = int(page.url.rsplit("/", 1)[1])
-    assert page.locator("h1").inner_text().startswith("from-the-browser")
+    first_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("h1")).to_have_text("from-the-browser")
+    expect(page.locator("#status")).to_have_text("queued")
+    # A reload would drop this marker and the recorded statuses: the page must update in place.
+    page.evaluate("""() => {
+        window.seenStatuses = [document.getElementById("status").textContent];
+        new MutationObserver(() => {
+            const status = document.getElementById("status").textContent;
+            if (status !== window.seenStatuses.at(-1)) window.seenStatuses.push(status);
+        }).observe(document.getElementById("live"), {childList: true, subtree: true, characterData: true});
+    }""")
+    stack.worker()
 
-    def finished() -> str:
-        page.reload()
-        status = page.locator("#status").inner_text()
-        return status if status in ("succeeded", "failed", "cancelled") else ""
+    wait_finished(page, first_id, stack)
+    seen = page.evaluate("window.seenStatuses")
+    assert seen[0] == "queued" and seen[-1] == "succeeded", seen
+    assert re.fullmatch(r"\d+\.\d\d%", page.locator("#test-accuracy").inner_text())
+    assert page.get_by_role("link", name="model.pth").get_attribute("href") == f"/jobs/{first_id}/artifacts/model.pth"
+    expect(page.locator("#progress-text")).to_contain_text("100% · epoch 2/2")
 
-    status = wait_for(finished, 240, interval=0.5, message=f"job {job_id} to finish; logs:\n{stack.logs()}")
-    assert status == "succeeded", page.locator("#error").all_inner_texts()
-    accuracy = page.locator("#test-accuracy").inner_text()
-    assert re.fullmatch(r"\d+\.\d\d%", accuracy)
-    download = page.get_by_role("link", name="model.pth")
-    assert download.get_attribute("href") == f"/jobs/{job_id}/artifacts/model.pth"
-    assert "wandb sync " in page.locator("#wandb").inner_text()
+    accuracy_points = page.locator("#test-accuracy-chart circle title")
+    expect(accuracy_points).to_have_count(2)
+    assert re.fullmatch(r"epoch 2: \d+\.\d\d%", accuracy_points.nth(1).text_content())
+    assert page.locator("#train-loss-steps-chart circle").count() >= 2
+    expect(page.locator("#log-tail")).to_contain_text("epoch 2/2")
+
+    sync_command = page.locator("#sync-command").inner_text()
+    assert sync_command.startswith("wandb sync ")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == sync_command
     screenshot("job")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshot("job-phone")
+    page.emulate_media(color_scheme="dark")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    screenshot("job-dark")
+    page.emulate_media(color_scheme="light")
+
+    page.get_by_role("link", name="Clone").click()
+    page.wait_for_url(re.compile(rf"/jobs/new\?clone={first_id}$"))
+    expect(page.locator("#clone-note")).to_contain_text("from-the-browser")
+    for name, value in TINY_JOB.items():
+        assert page.locator(f"[name={name}]").input_value() == value, name
+    assert page.locator("[name=tags]").input_value() == "browser, smoke"
+    assert not page.locator("input[name=pretrained]").is_checked()
+    page.locator("[name=lr]").fill("0.05")
+    page.locator("[name=name]").fill("cloned-higher-lr")
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    second_id = int(page.url.rsplit("/", 1)[1])
+    wait_finished(page, second_id, stack)
 
     page.goto(stack.base_url + "/")
     row = page.locator("table.jobs tbody tr", has_text="from-the-browser")
-    assert row.locator(".badge").inner_text() == "succeeded"
+    expect(row.locator(".badge")).to_have_text("succeeded")
+    compare_button = page.get_by_role("button", name="Compare selected")
+    expect(compare_button).to_be_disabled()
+    page.get_by_label(f"Select job {first_id} (from-the-browser) to compare").check()
+    page.get_by_label(f"Select job {second_id} (cloned-higher-lr) to compare").check()
+    expect(page.locator("#compare-hint")).to_have_text("2 selected.")
     screenshot("list")
+    compare_button.click()
+
+    page.wait_for_url(re.compile(r"/compare\?"))
+    expect(page.locator("#legend li")).to_have_count(2)
+    expect(page.locator("#test-accuracy-chart g.series")).to_have_count(2)
+    expect(page.locator("#test-accuracy-chart circle")).to_have_count(4)
+    differing = page.locator("#params tr.differs th")
+    assert [text.split()[-1] for text in differing.all_inner_texts()] == ["lr"]
+    screenshot("compare")
+
+
+def test_cancel_a_queued_job_then_retry_it(make_stack, page):
+    stack = make_stack()
+    stack.serve()
+    job = stack.submit(name="to-cancel", dataset="synthetic", pretrained=False)
+
+    page.goto(f"{stack.base_url}/jobs/{job['id']}")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("queued")  # dismissing the question keeps the job
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("cancelled")
+    expect(page.locator("#error")).to_contain_text("cancelled before it started")
+
+    page.get_by_role("button", name="Retry").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    assert int(page.url.rsplit("/", 1)[1]) != job["id"]
+    expect(page.locator("#status")).to_have_text("queued")
+    expect(page.locator("#summary")).to_contain_text(f"retry of #{job['id']}")
 
 
 def test_a_bad_value_is_shown_beside_its_field_and_the_rest_is_kept(make_stack, page, screenshot):
