@@ -18,11 +18,13 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 36
 MAX_POINTS = 300
 
 
-# One line on a chart: a label for the legend and hover text, and (x, y) points in x order.
+# One line on a chart: a label for the legend and hover text, and its points in x order: (x, y),
+# or (x, y, count, last x) for the mean of `count` values from x to last x (a bucket already
+# averaged by the database).
 @dataclass(frozen=True)
 class Series:
     label: str
-    points: Sequence[tuple[float, float]]
+    points: Sequence[tuple[float, float | None] | tuple[float, float, int, float]]
 
 
 def nice_ticks(low: float, high: float, count: int = 5, min_step: float = 0.0) -> list[float]:
@@ -41,16 +43,31 @@ def nice_ticks(low: float, high: float, count: int = 5, min_step: float = 0.0) -
     return ticks
 
 
-def _bucket(points: Sequence[tuple[float, float]], limit: int) -> list[tuple[float, float, int, float]]:
-    """(x, y, count, last x) per bucket: the mean of up to len/limit consecutive points."""
-    if len(points) <= limit:
-        return [(x, y, 1, x) for x, y in points]
-    size = math.ceil(len(points) / limit)
+Bucket = tuple[float, float, int, float]
+
+
+def _finite(points: Sequence[tuple]) -> list[Bucket]:
     buckets = []
+    for point in points:
+        x, y = point[0], point[1]
+        if y is None or not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        count, last_x = (point[2], point[3]) if len(point) == 4 else (1, x)
+        buckets.append((float(x), float(y), int(count), float(last_x)))
+    return buckets
+
+
+def _bucket(points: list[Bucket], limit: int) -> list[Bucket]:
+    """Merge consecutive points into at most `limit`, each the mean of the values it holds."""
+    if len(points) <= limit:
+        return points
+    size = math.ceil(len(points) / limit)
+    merged = []
     for start in range(0, len(points), size):
         chunk = points[start:start + size]
-        buckets.append((chunk[0][0], sum(y for _, y in chunk) / len(chunk), len(chunk), chunk[-1][0]))
-    return buckets
+        count = sum(c for _, _, c, _ in chunk)
+        merged.append((chunk[0][0], sum(y * c for _, y, c, _ in chunk) / count, count, chunk[-1][3]))
+    return merged
 
 
 def _number(value: float) -> str:
@@ -72,17 +89,14 @@ def line_chart(
     max_points: int = MAX_POINTS,
 ) -> Markup:
     """An SVG line chart with one coloured line per series (up to ten)."""
-    finite = [
-        [(float(x), float(y)) for x, y in s.points if y is not None and math.isfinite(x) and math.isfinite(y)]
-        for s in series
-    ]
+    finite = [_finite(s.points) for s in series]
     drawn = [_bucket(points, max_points) for points in finite]
     every = [point for points in finite for point in points]
     if not every:
         return Markup(f'<p class="muted chart-empty" id="{escape(chart_id)}">No points yet.</p>')
 
-    x_low, x_high = min(x for x, _ in every), max(x for x, _ in every)
-    y_low, y_high = min(y for _, y in every), max(y for _, y in every)
+    x_low, x_high = min(x for x, _, _, _ in every), max(last_x for _, _, _, last_x in every)
+    y_low, y_high = min(y for _, y, _, _ in every), max(y for _, y, _, _ in every)
     if y_high - y_low < 1e-12:
         y_low, y_high = y_low - 1, y_high + 1
     # x is always a count (epoch, batch): ticks between two integers would be meaningless.
@@ -102,7 +116,7 @@ def line_chart(
 
     chart_id = str(escape(chart_id))
     last_values = "; ".join(
-        f"{s.label}: {value_format(points[-1][1])} at {x_label} {points[-1][0]:g}" for s, points in zip(series, finite) if points
+        f"{s.label}: {value_format(points[-1][1])} at {x_label} {points[-1][3]:g}" for s, points in zip(series, finite) if points
     )
     parts = [
         f'<svg class="chart" id="{chart_id}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
@@ -134,14 +148,14 @@ def line_chart(
         if not points:
             continue
         label = escape(line.label)
-        path = "M" + " L".join(f"{sx(x)},{sy(y)}" for x, y, _, _ in points)
+        # A bucket's point sits in the middle of the steps it averages.
+        where_points = [(sx((x + last_x) / 2), sy(y), x, y, count, last_x) for x, y, count, last_x in points]
+        path = "M" + " L".join(f"{cx},{cy}" for cx, cy, *_ in where_points)
         parts.append(f'<g class="series series-{index % 10}"><path d="{path}"/>')
-        for x, y, count, last_x in points:
+        prefix = f"{label}, " if len(series) > 1 else ""
+        for cx, cy, x, y, count, last_x in where_points:
             where = f"{x_label} {x:g}" if count == 1 else f"{x_label} {x:g}–{last_x:g} (mean of {count})"
-            prefix = f"{label}, " if len(series) > 1 else ""
-            parts.append(
-                f'<circle cx="{sx(x)}" cy="{sy(y)}" r="3"><title>{prefix}{where}: {escape(value_format(y))}</title></circle>'
-            )
+            parts.append(f'<circle cx="{cx}" cy="{cy}" r="3"><title>{prefix}{where}: {escape(value_format(y))}</title></circle>')
         parts.append("</g>")
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -1,6 +1,10 @@
 """HTML pages rendered on the server: the job list, the new-job form, a job's page (and the
 fragment of it that updates live), the comparison of jobs, workers."""
 
+import json
+import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -14,7 +18,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import Engine, func, or_, select, tuple_
-from sqlmodel import col
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, col
 
 from app import charts, queue
 from app.db import session_scope
@@ -297,23 +302,75 @@ def render_index(
 # ---------------------------------------------------------------------------------------------
 
 
-def metric_points(engine: Engine, jobs: Iterable[Job]) -> dict[int, dict[str, list[tuple[int, dict[str, Any]]]]]:
-    """{job id: {"epoch": [(step, values)], "train": [...]}} of each job's current attempt, in one query."""
-    current = [(job.id, job.attempts) for job in jobs]
-    points: dict[int, dict[str, list[tuple[int, dict[str, Any]]]]] = {
-        job_id: {"epoch": [], "train": []} for job_id, _ in current
-    }
-    if not current:
+def metric_points(engine: Engine, jobs: Iterable[Job]) -> dict[int, dict[str, list[tuple]]]:
+    """Each job's current attempt: {"epoch": [(epoch, values)], "train": [(step, loss, count, last step)]}.
+
+    Epochs come whole (a run has at most 1000). Train-loss points, one every log_interval
+    batches, run to tens of thousands; the database averages them into at most
+    charts.MAX_POINTS buckets, so a page never decodes them all.
+    """
+    jobs = list(jobs)
+    points: dict[int, dict[str, list[tuple]]] = {job.id: {"epoch": [], "train": []} for job in jobs}
+    if not jobs:
         return points
-    query = (
-        select(JobMetric.job_id, JobMetric.kind, JobMetric.step, JobMetric.values)
-        .where(tuple_(JobMetric.job_id, JobMetric.attempt).in_(current))
-        .order_by(JobMetric.job_id, JobMetric.kind, JobMetric.step)
+    epochs = (
+        select(JobMetric.job_id, JobMetric.step, JobMetric.values)
+        .where(tuple_(JobMetric.job_id, JobMetric.attempt).in_([(job.id, job.attempts) for job in jobs]))
+        .where(JobMetric.kind == "epoch")
+        .order_by(JobMetric.job_id, JobMetric.step)
     )
     with session_scope(engine) as session:
-        for job_id, kind, step, values in session.execute(query):
-            points[job_id].setdefault(kind, []).append((step, values))
+        for job_id, step, values in session.execute(epochs):
+            points[job_id]["epoch"].append((step, values))
+        for job in jobs:
+            points[job.id]["train"] = _train_loss_buckets(session, job)
     return points
+
+
+# The worker writes a job's progress in the same transaction as its metric points, so a job's
+# (database, id, attempt, status, progress) names one state of its train-loss history: a page polled
+# every two seconds, or a finished job viewed again, reuses the buckets instead of averaging
+# tens of thousands of rows once more.
+_TRAIN_CACHE_SIZE = 64
+_train_cache: OrderedDict[tuple, list[tuple[int, float | None, int, int]]] = OrderedDict()
+_train_cache_lock = threading.Lock()
+
+
+def _train_loss_buckets(session: Session, job: Job) -> list[tuple[int, float | None, int, int]]:
+    key = (str(session.get_bind().url), job.id, job.attempts, job.status, json.dumps(job.progress, sort_keys=True))
+    with _train_cache_lock:
+        if key in _train_cache:
+            _train_cache.move_to_end(key)
+            return _train_cache[key]
+    buckets = _average_train_loss(session, job)
+    with _train_cache_lock:
+        _train_cache[key] = buckets
+        while len(_train_cache) > _TRAIN_CACHE_SIZE:
+            _train_cache.popitem(last=False)
+    return buckets
+
+
+def _average_train_loss(session: Session, job: Job) -> list[tuple[int, float | None, int, int]]:
+    current = (JobMetric.job_id == job.id) & (JobMetric.attempt == job.attempts) & (JobMetric.kind == "train")
+    low, high = session.execute(select(func.min(JobMetric.step), func.max(JobMetric.step)).where(current)).one()
+    if low is None:
+        return []
+    width = max(1, math.ceil((high - low + 1) / charts.MAX_POINTS))
+    loss = JobMetric.values["train_loss"].as_float()
+    buckets = (
+        select(func.min(JobMetric.step), func.avg(loss), func.count(), func.max(JobMetric.step))
+        .where(current)
+        .group_by((JobMetric.step - low) // width)
+        .order_by(func.min(JobMetric.step))
+    )
+    try:
+        with session.begin_nested():
+            return [tuple(row) for row in session.execute(buckets)]
+    except DBAPIError:
+        # A diverged run can hold NaN, which SQLite's JSON functions refuse as malformed:
+        # decode that job's points here instead (the chart leaves non-finite values out).
+        rows = session.execute(select(JobMetric.step, JobMetric.values).where(current).order_by(JobMetric.step))
+        return [(step, values.get("train_loss"), 1, step) for step, values in rows]
 
 
 def progress_view(job: JobPublic) -> dict[str, Any]:
@@ -364,14 +421,17 @@ CHARTS = (
 )
 
 
-def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple[int, dict[str, Any]]]]]]) -> list[tuple[str, Any]]:
+def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple]]]]) -> list[tuple[str, Any]]:
     """(caption, SVG) per chart, each series one job's points."""
     drawn = []
     for chart_id, title, kind, value, x_label, value_format in CHARTS:
-        series = [
-            charts.Series(label, [(step, values.get(value)) for step, values in points.get(kind, [])])
-            for label, points in labelled_points
-        ]
+        if kind == "train":
+            series = [charts.Series(label, points["train"]) for label, points in labelled_points]
+        else:
+            series = [
+                charts.Series(label, [(step, values.get(value)) for step, values in points["epoch"]])
+                for label, points in labelled_points
+            ]
         # Every epoch keeps its own point (JobCreate bounds epochs at 1000); train-loss points are thinned.
         max_points = charts.MAX_POINTS if kind == "train" else 1000
         chart = charts.line_chart(chart_id, title, series, x_label=x_label, value_format=value_format, max_points=max_points)

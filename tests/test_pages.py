@@ -270,6 +270,16 @@ def test_job_page_with_many_epochs_folds_the_table_and_thins_the_step_chart(clie
     assert len(steps) == 200 and steps[0] == "batch 1–2 (mean of 2): 0.7500"
 
 
+def test_a_diverged_run_with_nan_losses_still_has_its_charts(client, engine):
+    submit(client, name="diverged")
+    claim = queue.claim(engine, "test-worker", 60)
+    losses = [2.0, 5.0, float("nan"), float("inf")]
+    queue.record_progress(engine, claim, progress={"epoch": 0, "epochs": 5, "batch": 4, "batches": 8}, points=[
+        ("train", step, {"epoch": 1, "batch": step, "train_loss": loss}) for step, loss in enumerate(losses, start=1)
+    ])
+    assert chart_titles(page(client, "/jobs/1"), "train-loss-steps-chart") == ["batch 1: 2.0000", "batch 2: 5.0000"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The form
 # ---------------------------------------------------------------------------------------------
@@ -289,9 +299,9 @@ def test_clone_prefills_the_form_without_the_name(client):
 
 def test_form_states_each_bound_and_marks_errors_for_assistive_technology(client):
     form = page(client, "/jobs/new")
-    assert "SGD learning rate (more than 0, at most 10)" in form
-    assert "SGD momentum (at least 0, less than 1)" in form
-    assert "Training batch size (1 to 4096)" in form
+    for name, bounds in (("lr", "more than 0, at most 10"), ("momentum", "at least 0, less than 1"),
+                         ("batch_size", "1 to 4096")):
+        assert re.search(rf'<small id="{name}-help" class="help">[^<]*\({bounds}\)</small>', form), name
     response = client.post("/jobs/new", data={"epochs": "0", "name": "keep"}, headers=HTML)
     assert response.status_code == 422
     assert 'aria-describedby="epochs-help epochs-error" aria-invalid="true"' in response.text
