@@ -16,6 +16,9 @@ MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 36
 # More points than this are averaged in buckets: a 500-epoch run logs tens of thousands of
 # train-loss points, far more than a chart is pixels wide.
 MAX_POINTS = 300
+# Past this many points per line, markers would blur into a band: they stay as hover targets
+# but are only drawn under the pointer (see .series.dense in the stylesheet).
+DENSE_POINTS = 60
 
 
 # One line on a chart: a label for the legend and hover text, and its points in x order: (x, y),
@@ -151,7 +154,8 @@ def line_chart(
         # A bucket's point sits in the middle of the steps it averages.
         where_points = [(sx((x + last_x) / 2), sy(y), x, y, count, last_x) for x, y, count, last_x in points]
         path = "M" + " L".join(f"{cx},{cy}" for cx, cy, *_ in where_points)
-        parts.append(f'<g class="series series-{index % 10}"><path d="{path}"/>')
+        dense = " dense" if len(points) > DENSE_POINTS else ""
+        parts.append(f'<g class="series series-{index % 10}{dense}"><path d="{path}"/>')
         prefix = f"{label}, " if len(series) > 1 else ""
         for cx, cy, x, y, count, last_x in where_points:
             where = f"{x_label} {x:g}" if count == 1 else f"{x_label} {x:g}–{last_x:g} (mean of {count})"

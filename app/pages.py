@@ -44,6 +44,17 @@ def _age(moment: datetime | None) -> str:
     return _duration(utcnow() - as_utc(moment)) + " ago"
 
 
+def _short_age(moment: datetime | None) -> str:
+    """The largest unit only ("3h ago"): the list has many columns and the exact time is on hover."""
+    if moment is None:
+        return ""
+    seconds = int((utcnow() - as_utc(moment)).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{max(seconds, 0)}s ago"
+
+
 def _duration(delta: timedelta | float | None) -> str:
     if delta is None:
         return ""
@@ -75,6 +86,7 @@ def _param_value(value: Any) -> str:
 
 
 templates.env.filters["age"] = _age
+templates.env.filters["short_age"] = _short_age
 templates.env.filters["duration"] = _duration
 templates.env.filters["param"] = _param_value
 templates.env.globals["run_time"] = _run_time

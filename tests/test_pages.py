@@ -143,6 +143,7 @@ def test_list_rows_have_compare_checkboxes_duration_and_wandb(client, engine):
     assert 'aria-label="Select job 1 (done) to compare"' in listing
     assert "30.00%" in listing and "2/2 epochs" in listing
     assert re.search(r"<td>\d+s</td>\s*</tr>", listing)  # duration
+    assert re.search(r'title="[\d-]+ [\d:]+\+00:00">\d+s ago</time>', listing)
 
 
 # ---------------------------------------------------------------------------------------------
