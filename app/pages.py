@@ -125,11 +125,31 @@ def _bounds(option: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+# A preset sets many fields at once, and fields given explicitly win over it; the form sends every
+# field, so it offers presets as starting points (the form refilled with a preset's values) rather
+# than as a field of its own that the other fields would silently override.
+PRESET_FIELD = "preset"
+
+
+@lru_cache
+def form_presets() -> dict[str, dict[str, str]]:
+    """{preset: the form's values under it}, from JobCreate itself; empty without presets."""
+    spec = JobCreate.model_json_schema()["properties"].get(PRESET_FIELD)
+    if spec is None:
+        return {}
+    return {
+        name: _form_values(JobCreate.model_validate({PRESET_FIELD: name}).model_dump(mode="json"))
+        for name in spec.get("enum", [])
+    }
+
+
 @lru_cache
 def form_fields() -> list[dict[str, Any]]:
     schema = JobCreate.model_json_schema()
     fields = []
     for name, spec in schema["properties"].items():
+        if name == PRESET_FIELD:
+            continue
         options = [o for o in spec.get("anyOf", [spec]) if o.get("type") != "null"]
         option = options[0]
         field = {
@@ -161,7 +181,7 @@ def form_fields() -> list[dict[str, Any]]:
 
 
 def _form_values(params: dict[str, Any]) -> dict[str, str]:
-    values = {}
+    values = {PRESET_FIELD: str(params.get(PRESET_FIELD) or "")}
     for field in form_fields():
         value = params.get(field["name"], field["default"])
         if field["kind"] == "tags":
@@ -176,6 +196,8 @@ def _form_values(params: dict[str, Any]) -> dict[str, str]:
 def parse_form(form: dict[str, str]) -> dict[str, Any]:
     """Form strings to JobCreate input: empty means default, unchecked boxes are false."""
     params: dict[str, Any] = {}
+    if form.get(PRESET_FIELD, "").strip():
+        params[PRESET_FIELD] = form[PRESET_FIELD].strip()
     for field in form_fields():
         raw = form.get(field["name"], "").strip()
         if field["kind"] == "checkbox":
@@ -195,22 +217,33 @@ def _render_form(
     clone_of: Job | None = None,
     missing_clone: int | None = None,
 ) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request,
-        "new.html",
-        {"fields": form_fields(), "values": values, "errors": errors, "clone_of": clone_of, "missing_clone": missing_clone},
-        status_code=status_code,
-    )
+    context = {
+        "fields": form_fields(),
+        "presets": form_presets(),
+        "preset_help": JobCreate.model_fields[PRESET_FIELD].description if PRESET_FIELD in JobCreate.model_fields else "",
+        "values": values,
+        "errors": errors,
+        "clone_of": clone_of,
+        "missing_clone": missing_clone,
+    }
+    return templates.TemplateResponse(request, "new.html", context, status_code=status_code)
 
 
 @router.get("/jobs/new", response_class=HTMLResponse)
-def new_job_form(request: Request, engine: EngineDep, clone: Annotated[int | None, Query()] = None) -> HTMLResponse:
+def new_job_form(
+    request: Request,
+    engine: EngineDep,
+    clone: Annotated[int | None, Query()] = None,
+    preset: Annotated[str | None, Query(max_length=64)] = None,
+) -> HTMLResponse:
     if clone is None:
-        return _render_form(request, _form_values({}), {})
+        presets = form_presets()
+        return _render_form(request, presets.get(preset or "") or _form_values(JobCreate().model_dump(mode="json")), {})
     try:
         original = queue.get_job(engine, clone)
     except queue.JobNotFound:
-        return _render_form(request, _form_values({}), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
+        defaults = _form_values(JobCreate().model_dump(mode="json"))
+        return _render_form(request, defaults, {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
     # The clone gets a name of its own; two runs with one name are confusing in W&B.
     return _render_form(request, _form_values({**original.params, "name": None}), {}, clone_of=original)
 
@@ -222,7 +255,7 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
         params = JobCreate.model_validate(parse_form(form))
     except ValidationError as exc:
         errors = {str(error["loc"][0]): error["msg"] for error in exc.errors() if error["loc"]}
-        values = {field["name"]: form.get(field["name"], "") for field in form_fields()}
+        values = {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields())]}
         return _render_form(request, values, errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
     job = queue.submit(engine, params, default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts)
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app import queue
+from app import pages, queue
 from app.db import get_engine
 from app.main import create_app
 from app.settings import Settings
@@ -296,6 +296,25 @@ def test_clone_prefills_the_form_without_the_name(client):
     assert 'id="pretrained" name="pretrained"  aria-describedby' in form  # unchecked
     assert 'name="name" value=""' in form
     assert "There is no job #42 to clone" in page(client, "/jobs/new?clone=42", 404)
+
+
+def test_presets_refill_the_form_and_are_submitted_with_it(client):
+    presets = pages.form_presets()
+    if not presets:
+        pytest.skip("JobCreate has no presets")
+    name, values = next((name, values) for name, values in presets.items() if name != "tutorial")
+    form = page(client, f"/jobs/new?preset={name}")
+    assert f'href="/jobs/new?preset={name}" aria-current="true">{name}</a>' in form
+    assert f'<input type="hidden" name="preset" value="{name}">' in form
+    assert f'name="lr" value="{values["lr"]}"' in form and f'name="batch_size" value="{values["batch_size"]}"' in form
+    assert '<input type="hidden" name="preset" value="tutorial">' in page(client, "/jobs/new")
+
+    response = client.post("/jobs/new", data={**values, "name": "from-a-preset"}, follow_redirects=False)
+    assert response.status_code == 303
+    job = client.get(response.headers["location"]).json()
+    assert job["params"]["preset"] == name
+    assert str(job["params"]["lr"]) == values["lr"] and str(job["params"]["batch_size"]) == values["batch_size"]
+    assert f'<input type="hidden" name="preset" value="{name}">' in page(client, f"/jobs/new?clone={job['id']}")
 
 
 def test_form_states_each_bound_and_marks_errors_for_assistive_technology(client):
