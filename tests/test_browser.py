@@ -132,6 +132,7 @@ def test_submit_watch_live_clone_and_compare(make_stack, page, screenshot):
     wait_finished(page, first_id, stack)
     seen = page.evaluate("window.seenStatuses")
     assert seen[0] == "queued" and seen[-1] == "succeeded", seen
+    assert page.title() == "from-the-browser (succeeded) · trainboard"
     assert re.fullmatch(r"\d+\.\d\d%", page.locator("#test-accuracy").inner_text())
     assert page.get_by_role("link", name="model.pth").get_attribute("href") == f"/jobs/{first_id}/artifacts/model.pth"
     expect(page.locator("#progress-text")).to_contain_text("100% · epoch 2/2")

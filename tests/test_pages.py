@@ -177,7 +177,7 @@ def test_live_fragment_is_the_changing_part_of_the_page(client, engine):
     fragment = client.get("/jobs/1/live")
     assert fragment.status_code == 200 and fragment.headers["cache-control"] == "no-store"
     assert "<html" not in fragment.text and "<body" not in fragment.text
-    assert '<span id="live-state" data-active="true" hidden></span>' in fragment.text
+    assert '<span id="live-state" data-active="true" data-title="fragment (running) · trainboard" hidden>' in fragment.text
     top_level_ids = re.findall(r'^<\w+ id="([\w-]+)"', fragment.text, re.M)
     assert top_level_ids == [
         "live-state", "job-header", "problems", "summary", "charts", "artifacts-section",

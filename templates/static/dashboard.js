@@ -49,6 +49,11 @@ function followLive(container) {
   notice.className = "live-notice";
   notice.setAttribute("role", "status");
   container.before(notice);
+  // The status badge is swapped out with its section, so a region of its own announces changes.
+  const announcer = document.createElement("p");
+  announcer.className = "visually-hidden";
+  announcer.setAttribute("aria-live", "polite");
+  container.before(announcer);
 
   async function poll() {
     timer = 0;
@@ -60,7 +65,12 @@ function followLive(container) {
       if (!response.ok) {
         throw new Error(`the server answered ${response.status}`);
       }
+      const before = document.getElementById("status")?.textContent;
       swapChanged(container, await response.text());
+      const after = document.getElementById("status")?.textContent;
+      if (after && after !== before) {
+        announcer.textContent = `Job ${after}.`;
+      }
       failures = 0;
       notice.textContent = "";
     } catch (error) {
@@ -68,6 +78,9 @@ function followLive(container) {
       notice.textContent = `Live updates paused (${error.message}); retrying.`;
     }
     const state = document.getElementById("live-state");
+    if (state && state.dataset.title) {
+      document.title = state.dataset.title;
+    }
     if (state && state.dataset.active === "false") {
       notice.remove();
       return;
