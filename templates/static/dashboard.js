@@ -62,6 +62,11 @@ function followLive(container) {
     }
     try {
       const response = await fetch(source, { headers: { Accept: "text/html" }, cache: "no-store" });
+      if (response.redirected) {
+        // Sent elsewhere (an expired session goes to the login page): let the whole page go there.
+        window.location.reload();
+        return;
+      }
       if (!response.ok) {
         throw new Error(`the server answered ${response.status}`);
       }
