@@ -6,6 +6,7 @@ means the job is no longer that worker's, and the caller must stop and write not
 """
 
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -347,7 +348,7 @@ def list_workers(engine: Engine, limit: int = 200) -> list[Worker]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Sessions, and wake-ups (PostgreSQL LISTEN/NOTIFY; SQLite workers poll)
+# Sessions, and wake-ups (PostgreSQL LISTEN/NOTIFY; SQLite's data_version)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -366,57 +367,77 @@ def _notify(session: Session) -> None:
 
 
 class JobWakeups:
-    """Lets an idle worker slot sleep until a job may be waiting.
+    """Lets an idle worker slot sleep until a job may be waiting, on a connection of its own.
 
-    PostgreSQL: a connection of its own LISTENs on NOTIFY_CHANNEL, so a submit or a requeue wakes
-    the slot at once. The timeout keeps polling as the fallback, for a notification that never
-    comes (a broken connection, a pooler that drops LISTEN). SQLite: the timeout alone.
+    PostgreSQL: it LISTENs on NOTIFY_CHANNEL, so a submit or a requeue wakes the slot at once.
+    SQLite has no notifications; instead it reads PRAGMA data_version, which changes whenever
+    another connection commits, every SQLITE_CHECK_SECONDS: far cheaper than a claim, which takes
+    the write lock. On both, the timeout keeps plain polling as the fallback (a lost connection,
+    a pooler that drops LISTEN).
     """
 
+    SQLITE_CHECK_SECONDS = 0.05
     STOP_CHECK_SECONDS = 0.25
 
     def __init__(self, engine: Engine):
         self.engine = engine
-        self._connection: psycopg.Connection | None = None
+        self.sqlite = is_sqlite(engine)
+        self._connection: Any = None
+        self._data_version: int | None = None
         self._warned = False
 
     def listen(self) -> None:
-        """Call before each look at the queue: a notification sent in between is kept for wait()."""
-        if self._connection is not None or is_sqlite(self.engine):
-            return
+        """Call before each look at the queue: whatever commits after it ends the next wait()."""
         try:
-            pooled = self.engine.raw_connection()
-            connection = pooled.driver_connection
-            pooled.detach()  # LISTEN is per connection: keep this one out of the shared pool
-            connection.rollback()
-            connection.autocommit = True
-            connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except (DBAPIError, psycopg.Error) as exc:
-            if not self._warned:
-                log.warning("cannot LISTEN for new jobs, polling instead: %s", str(exc).strip().splitlines()[0])
-                self._warned = True
+            if self._connection is None:
+                self._connection = self._connect()
+            if self.sqlite:
+                self._data_version = self._read_data_version()
+        except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
+            self._fall_back("cannot watch for new jobs, polling instead", exc)
             return
-        self._connection = connection
         self._warned = False
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
-        """Return on a notification, after `timeout` seconds, or soon after `stop` is set."""
+        """Return when a job may be waiting, after `timeout` seconds, or soon after `stop` is set."""
         if self._connection is None:
             stop.wait(timeout)
             return
         deadline = time.monotonic() + timeout
         try:
             while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-                if list(self._connection.notifies(timeout=min(remaining, self.STOP_CHECK_SECONDS), stop_after=1)):
+                if self.sqlite:
+                    stop.wait(min(remaining, self.SQLITE_CHECK_SECONDS))
+                    if self._read_data_version() != self._data_version:
+                        return
+                elif list(self._connection.notifies(timeout=min(remaining, self.STOP_CHECK_SECONDS), stop_after=1)):
                     # One look at the queue answers every notification that has arrived.
                     list(self._connection.notifies(timeout=0))
                     return
-        except psycopg.Error as exc:
-            log.warning("lost the LISTEN connection, polling until it is back: %s", str(exc).strip().splitlines()[0])
-            self.close()
+        except (psycopg.Error, sqlite3.Error) as exc:
+            self._fall_back("lost the connection that watches for new jobs, polling until it is back", exc)
             stop.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    def _connect(self) -> Any:
+        pooled = self.engine.raw_connection()
+        connection = pooled.driver_connection
+        pooled.detach()  # LISTEN and data_version are per connection: keep this one out of the pool
+        if not self.sqlite:
+            connection.rollback()
+            connection.autocommit = True
+            connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        return connection
+
+    def _read_data_version(self) -> int:
+        return self._connection.execute("PRAGMA data_version").fetchone()[0]
+
+    def _fall_back(self, what: str, exc: Exception) -> None:
+        self.close()
+        if not self._warned:
+            log.warning("%s: %s", what, str(exc).strip().splitlines()[0])
+            self._warned = True
