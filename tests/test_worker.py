@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app import queue
+from app.db import make_engine, migrate
 from app.models import Job, JobCreate
 from tests.conftest import wait_for
 
@@ -36,16 +37,28 @@ def submit(engine: Engine, **params) -> Job:
     return queue.submit(engine, JobCreate(**{**TINY_EPOCHS, **params}), default_wandb_mode="disabled", max_attempts=3)
 
 
-def wait_job(engine: Engine, job_id: int, condition, message: str, stack, timeout: float = 120) -> Job:
-    return wait_for(
-        lambda: (job := queue.get_job(engine, job_id)) and condition(job) and job,
-        timeout, interval=0.1, message=f"job {job_id}: {message}; logs:\n{stack.logs()}",
+def wait_job(engine: Engine, job_id: int, condition, what: str, stack, timeout: float = 240) -> Job:
+    try:
+        return wait_for(
+            lambda: job if condition(job := queue.get_job(engine, job_id)) else None,
+            timeout, interval=0.1, message=f"job {job_id} {what}",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; logs:\n{stack.logs()}") from None
+
+
+def wait_finished(engine: Engine, job_id: int, stack) -> Job:
+    return wait_job(engine, job_id, lambda job: job.status in FINISHED, "to finish", stack)
+
+
+def wait_training(engine: Engine, job_id: int, stack) -> Job:
+    """Until the job runs and its child has reported a trained batch."""
+    job = wait_job(
+        engine, job_id, lambda job: job.status in FINISHED or job.status == "running" and job.progress.get("batch", 0) >= 1,
+        "to train", stack,
     )
-
-
-def training(job: Job) -> bool:
-    """Running, and its child has reported a trained batch."""
-    return job.status == "running" and job.progress.get("batch", 0) >= 1
+    assert job.status == "running", f"job {job_id} ended before it could be interrupted: {job.status} {job.error}"
+    return job
 
 
 def training_child(job_dir: Path) -> int | None:
@@ -77,9 +90,9 @@ def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_th
     database_url: str, engine: Engine, make_stack, tmp_path: Path
 ):
     stack = make_stack(database_url=database_url, **FAST_LEASES)
-    job = submit(engine, epochs=4)
+    job = submit(engine, epochs=3)
     doomed = stack.worker()
-    wait_job(engine, job.id, training, "the first worker to train it", stack)
+    wait_training(engine, job.id, stack)
     child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
 
     doomed.kill()
@@ -87,12 +100,12 @@ def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_th
     wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
 
     stack.worker()
-    done = wait_job(engine, job.id, lambda j: j.status in FINISHED, "the second worker to finish it", stack)
+    done = wait_finished(engine, job.id, stack)
     assert done.status == "succeeded", done.error
     assert done.attempts == 2
     epochs = [(m.attempt, m.step) for m in queue.job_metrics(engine, job.id, "epoch")]
-    assert [step for attempt, step in epochs if attempt == 2] == [1, 2, 3, 4]
-    assert len([step for attempt, step in epochs if attempt == 1]) < 4  # killed mid-job
+    assert [step for attempt, step in epochs if attempt == 2] == [1, 2, 3]
+    assert len([step for attempt, step in epochs if attempt == 1]) < 3  # killed mid-job
 
 
 def test_cancel_and_retry_through_the_api(database_url: str, make_stack, tmp_path: Path):
@@ -144,7 +157,7 @@ def test_a_stopping_worker_puts_its_job_back_without_spending_an_attempt(
     stack = make_stack(database_url=database_url, **FAST_LEASES)
     job = submit(engine, epochs=100)
     worker = stack.worker()
-    wait_job(engine, job.id, training, "the worker to train it", stack)
+    wait_training(engine, job.id, stack)
     child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
 
     worker.send_signal(signal.SIGTERM)
@@ -167,7 +180,7 @@ def test_a_lease_lost_on_the_last_attempt_fails_the_job_and_fences_out_its_froze
     job = stack.submit(**TINY_EPOCHS, epochs=100)
     assert job["max_attempts"] == 1
     frozen = stack.worker()
-    wait_job(engine, job["id"], training, "the worker to train it", stack)
+    wait_training(engine, job["id"], stack)
     child = wait_for(lambda: training_child(job_dir(tmp_path, job["id"])), 10, message="the training child")
 
     # The worker stops heartbeating while its child trains on; another worker's reaper sees the
@@ -188,3 +201,24 @@ def test_a_lease_lost_on_the_last_attempt_fails_the_job_and_fences_out_its_froze
     after = stack.job(job["id"])
     for field in ("status", "error", "attempts", "progress", "metrics", "finished_at"):
         assert after[field] == lost[field], field
+
+
+def test_a_child_that_dies_without_a_result_fails_its_job_with_the_signal_and_its_last_output(
+    sqlite_url: str, make_stack, tmp_path: Path
+):
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    try:
+        stack = make_stack(database_url=sqlite_url, **FAST_LEASES)
+        job = submit(engine, epochs=100)
+        worker = stack.worker()
+        wait_training(engine, job.id, stack)
+        os.kill(wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child"), signal.SIGKILL)
+
+        failed = wait_finished(engine, job.id, stack)
+        assert failed.status == "failed" and failed.attempts == 1
+        assert failed.error.startswith("the training process was killed by SIGKILL (out of memory?) without a result")
+        assert "; last output: " in failed.error and "trainboard: " in failed.error  # what the child printed
+        assert worker.poll() is None  # the worker carries on
+    finally:
+        engine.dispose()

@@ -15,6 +15,9 @@ log = logging.getLogger("trainboard.worker")
 
 def visible_gpus() -> list[tuple[int, str]]:
     """(index, name) of the GPUs this process may use, without creating a CUDA context."""
+    # CUDA numbers GPUs fastest first, nvidia-smi by PCI bus. One numbering for both, inherited by
+    # the children, so a slot's index, its GPU's name and its CUDA_VISIBLE_DEVICES name one card.
+    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
     import torch
 
     count = torch.cuda.device_count()

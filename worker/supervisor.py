@@ -330,8 +330,8 @@ class JobRun:
             how = f"was killed by {signal.Signals(-returncode).name}"
         else:
             how = f"exited with code {returncode}"
-        tail = [line for line in _tail_lines(self.log_path, LOG_TAIL_LINES) if line.strip()]
-        last = f"; last output: {tail[-1].strip()[:300]}" if tail else ""
+        tail = [line.strip() for line in _tail_lines(self.log_path, LOG_TAIL_LINES) if line.strip()]
+        last = f"; last output: {' | '.join(tail)[-800:]}" if tail else ""
         hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
         return f"the training process {how}{hint} without a result{last}"
 
