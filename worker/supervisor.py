@@ -169,6 +169,9 @@ class JobRun:
         self.owned = True
 
     def run(self) -> None:
+        if self.supervisor.stopping.is_set():
+            self._release()  # claimed just as the worker began to stop: no child to start
+            return
         log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         events: Queue[dict[str, Any] | None] = Queue()
@@ -177,14 +180,17 @@ class JobRun:
         if ending == "lost":
             log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
         elif ending == "stop":
-            self._write(lambda: queue.release(self.engine, self.claim))
-            log.info("job %d put back in the queue (worker stopping)", self.claim.job_id)
+            self._release()
         elif ending == "cancel":
             self._flush()
             self._write(lambda: queue.finish(self.engine, self.claim, "cancelled", error="cancelled by request"))
             log.info("job %d cancelled", self.claim.job_id)
         else:
             self._finish(child.returncode)
+
+    def _release(self) -> None:
+        if self._write(lambda: queue.release(self.engine, self.claim)):
+            log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
 
     # ---- The child ------------------------------------------------------------------------------
 
@@ -246,6 +252,8 @@ class JobRun:
                     self._kill_child(child)
                     return "lost"
                 if outcome == "cancel":
+                    if child.poll() is not None:
+                        break  # it finished meanwhile: record how
                     self._stop_child(child)
                     self._drain(events)
                     return "cancel"
