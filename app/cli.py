@@ -1,6 +1,7 @@
 """The `trainboard` command: serve, worker, up; submit, status, cancel for scripts."""
 
 import argparse
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -8,11 +9,34 @@ import sys
 from app.logs import configure_logging
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_open_network(host: str) -> None:
+    """Beyond localhost, anyone on the network could queue jobs on the GPUs: a token is required."""
+    from app.settings import get_settings
+
+    if not is_loopback(host) and not get_settings().token_value:
+        sys.exit(
+            f"trainboard: refusing to serve on {host} without an access token. Set TRAINBOARD_TOKEN "
+            "(in the environment, or in .env for docker compose), e.g. "
+            "TRAINBOARD_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
+            "or serve on 127.0.0.1."
+        )
+
+
 def serve(host: str, port: int) -> None:
     import uvicorn
 
     from app.main import create_app
 
+    refuse_open_network(host)
     uvicorn.run(create_app(), host=host, port=port, log_config=None)
 
 
@@ -21,6 +45,7 @@ def up(host: str, port: int, gpus: str) -> None:
     from app.db import get_engine, migrate
     from app.settings import get_settings
 
+    refuse_open_network(host)
     migrate(get_engine(get_settings().database_url))
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus])
     try:

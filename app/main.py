@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app import api, metrics, pages
+from app import api, metrics, pages, security
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
 
@@ -29,6 +29,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or get_settings()
     app.exception_handler(RequestValidationError)(validation_error)
     app.mount("/static", StaticFiles(directory=pages.TEMPLATES_DIR / "static"), name="static")
+    app.middleware("http")(security.guard)
+    app.add_middleware(security.BodyLimit)
+    pages.templates.env.globals["csrf_token"] = security.csrf_token
+    app.include_router(security.router)
     app.include_router(pages.router)
     app.include_router(api.router)
     app.include_router(metrics.router)

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
@@ -25,11 +25,19 @@ class Settings(BaseSettings):
     wandb_mode: WandbMode = Field(
         default="auto", description="auto: online when a W&B API key is configured, else offline"
     )
+    token: SecretStr | None = Field(
+        default=None, description="Shared access token; required when serving beyond localhost"
+    )
+    max_queued: int | None = Field(default=None, ge=1, description="Refuse new jobs (429) while this many are queued")
     heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
     lease_seconds: float = Field(default=60.0, gt=0, le=86400)
     max_attempts: int = Field(default=3, ge=1, le=100)
     poll_seconds: float = Field(default=1.0, gt=0, le=60, description="How often an idle worker looks for work")
     cancel_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+
+    @property
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token and self.token.get_secret_value() else None
 
     def job_dir(self, job_id: int) -> Path:
         return self.artifacts_dir / "jobs" / str(job_id)

@@ -231,3 +231,35 @@ def test_a_bad_value_is_shown_beside_its_field_and_the_rest_is_kept(make_stack, 
     assert not page.locator("input[name=pretrained]").is_checked()
     screenshot("form-errors")
     assert stack.client.get("/jobs").json()["total"] == 0
+
+
+def test_with_a_token_log_in_submit_from_the_form_and_log_out(make_stack, page):
+    token = "browser-token-0123456789-abcdef"
+    stack = make_stack(TRAINBOARD_TOKEN=token)
+    stack.client.headers["Authorization"] = f"Bearer {token}"
+    stack.serve()
+
+    page.goto(stack.base_url + "/jobs/new")
+    page.wait_for_url(re.compile(r"/login\?next=/jobs/new$"))
+    page.fill("[name=token]", "not-the-token")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#token-error")).to_contain_text("not right")
+
+    page.fill("[name=token]", token)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/jobs/new$"))
+    fill_job_form(page, {**TINY_JOB, "name": "behind-the-token"})
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    expect(page.locator("h1")).to_have_text("behind-the-token")
+
+    # The session alone is not enough for a post: without the form's CSRF token it is refused.
+    status = page.evaluate("""async () => (await fetch("/jobs/new", {method: "POST",
+        headers: {"Content-Type": "application/x-www-form-urlencoded"}, body: "epochs=2"})).status""")
+    assert status == 403
+    assert stack.client.get("/jobs").json()["total"] == 1
+
+    page.get_by_role("button", name="Log out").click()
+    page.wait_for_url(re.compile(r"/login$"))
+    page.goto(stack.base_url + "/")
+    page.wait_for_url(re.compile(r"/login\?next=/$"))

@@ -1,0 +1,222 @@
+"""The token, sessions, CSRF, headers, body limit, escaping and secrets, against a real SQLite file."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import api, metrics, pages, security
+from app.main import create_app
+from app.security import CSRF_COOKIE, SESSION_COOKIE, make_session, session_valid
+from app.settings import Settings
+
+TOKEN = "correct-horse-battery-staple-0123456789"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'security.db'}", artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data", _env_file=None, **overrides,
+    )
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    return create_app(make_settings(tmp_path, token=TOKEN))
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as client:
+        yield client
+
+
+def login(client: TestClient) -> str:
+    """Log in through the form as a browser does; returns the CSRF token for later forms."""
+    page = client.get("/login", headers=HTML)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = client.post(
+        "/login", data={"token": TOKEN, "next": "/", "csrf_token": csrf},
+        headers={**HTML, "Origin": str(client.base_url)}, follow_redirects=False,
+    )
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    cookie = response.headers["set-cookie"]
+    assert f"{SESSION_COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    return csrf
+
+
+def protected_routes(app) -> list[tuple[str, str]]:
+    routes = []
+    for route in [*app.routes, *api.router.routes, *pages.router.routes, *metrics.router.routes, *security.router.routes]:
+        for method in sorted(getattr(route, "methods", None) or ()):
+            if method == "HEAD" or route.path in ("/healthz", "/login") or route.path.startswith("/static"):
+                continue
+            routes.append((method, route.path.replace("{job_id}", "1").replace("{name}", "model.pth")))
+    return routes
+
+
+def test_every_route_but_health_and_login_needs_the_token(app, client):
+    client.post("/jobs", json={}, headers=BEARER)
+    routes = protected_routes(app)
+    assert ("POST", "/jobs") in routes and ("GET", "/metrics") in routes and ("GET", "/openapi.json") in routes
+    for method, path in routes:
+        assert client.request(method, path).status_code == 401, (method, path)
+        wrong = client.request(method, path, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401, (method, path)
+        assert client.request(method, path, headers=BEARER).status_code != 401, (method, path)
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/login").status_code == 200
+
+
+def test_a_refused_request_changes_nothing(client):
+    assert client.post("/jobs", json={"name": "sneaky"}).status_code == 401
+    assert client.get("/jobs", headers=BEARER).json()["total"] == 0
+
+
+def test_browsers_are_sent_to_login_and_come_back_with_a_session(client):
+    response = client.get("/jobs/new", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/login?next=/jobs/new"
+    login(client)
+    assert client.get("/", headers=HTML).status_code == 200
+    assert client.get("/jobs").status_code == 200  # the session works for JSON too
+
+
+def test_wrong_token_on_the_login_form_is_refused(client):
+    page = client.get("/login", headers=HTML)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
+    response = client.post("/login", data={"token": "guess", "csrf_token": csrf}, headers=HTML)
+    assert response.status_code == 401 and "not right" in response.text
+    assert SESSION_COOKIE not in client.cookies
+
+
+def test_login_redirects_only_within_the_site(client):
+    page = client.get("/login", params={"next": "https://evil.example/"}, headers=HTML)
+    assert 'name="next" value="/"' in page.text
+    page = client.get("/login", params={"next": "//evil.example/x"}, headers=HTML)
+    assert 'name="next" value="/"' in page.text
+
+
+def test_forms_need_the_csrf_token(client):
+    csrf = login(client)
+    origin = {"Origin": str(client.base_url)}
+    form = {"epochs": "2", "dataset": "synthetic"}
+    assert client.post("/jobs/new", data=form, headers=origin, follow_redirects=False).status_code == 403
+    wrong = client.post("/jobs/new", data={**form, "csrf_token": "x" * 43}, headers=origin, follow_redirects=False)
+    assert wrong.status_code == 403
+    good = client.post("/jobs/new", data={**form, "csrf_token": csrf}, headers=origin, follow_redirects=False)
+    assert good.status_code == 303
+    job_id = int(good.headers["location"].rsplit("/", 1)[1])
+    # Cancel through the session needs it too.
+    assert client.post(f"/jobs/{job_id}/cancel", headers=origin).status_code == 403
+    done = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": csrf}, headers={**origin, **HTML}, follow_redirects=False)
+    assert done.status_code == 303
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+def test_cross_site_posts_are_refused(client):
+    csrf = login(client)
+    evil = {"Origin": "https://evil.example"}
+    response = client.post("/jobs/new", data={"epochs": "2", "csrf_token": csrf}, headers=evil)
+    assert response.status_code == 403
+    assert client.post("/jobs", json={}, headers={"Referer": "https://evil.example/page"}).status_code == 403
+    assert client.get("/jobs", headers=BEARER).json()["total"] == 0
+
+
+def test_bearer_requests_need_no_csrf_token(client):
+    assert client.post("/jobs", json={}, headers={**BEARER, "Origin": str(client.base_url)}).status_code == 201
+
+
+def test_logout_ends_the_session(client):
+    csrf = login(client)
+    response = client.post("/logout", data={"csrf_token": csrf}, headers={"Origin": str(client.base_url)}, follow_redirects=False)
+    assert response.status_code == 303
+    client.cookies.delete(SESSION_COOKIE)
+    assert client.get("/jobs").status_code == 401
+
+
+def test_sessions_are_signed_expire_and_end_with_a_new_token():
+    cookie = make_session(TOKEN)
+    assert session_valid(cookie, TOKEN)
+    assert not session_valid(cookie, TOKEN + "-rotated")
+    expires, signature = cookie.split(".")
+    assert not session_valid(f"{int(expires) + 100}.{signature}", TOKEN)
+    assert not session_valid(make_session(TOKEN, now=0), TOKEN)
+    assert not session_valid("garbage", TOKEN) and not session_valid(None, TOKEN)
+
+
+def test_pages_send_security_headers(client):
+    login(client)
+    for path in ("/", "/jobs/new", "/login"):
+        headers = client.get(path, headers=HTML).headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+        assert "frame-ancestors 'none'" in csp
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"] == "same-origin"
+    assert CSRF_COOKIE in client.cookies
+
+
+def test_bodies_over_one_mebibyte_are_refused(client):
+    big = b'{"name": "' + b"x" * (1024 * 1024) + b'"}'
+    response = client.post("/jobs", content=big, headers={**BEARER, "Content-Type": "application/json"})
+    assert response.status_code == 413
+
+    def chunks():
+        for _ in range(20):
+            yield b" " * 65536
+
+    streamed = client.post("/jobs", content=chunks(), headers={**BEARER, "Content-Type": "application/json"})
+    assert streamed.status_code == 413
+    assert client.get("/jobs", headers=BEARER).json()["total"] == 0
+
+
+def test_user_strings_are_escaped_in_pages(client):
+    login(client)
+    hostile = "<script>alert(1)</script>"
+    job = client.post("/jobs", json={"name": hostile, "tags": ['"><img src=x onerror=alert(1)>']}, headers=BEARER).json()
+    for path in ("/", f"/jobs/{job['id']}"):
+        page = client.get(path, headers=HTML).text
+        assert hostile not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path
+        assert "<img src=x" not in page, path
+
+
+def test_artifact_names_cannot_escape_the_job_folder(client, tmp_path: Path):
+    job = client.post("/jobs", json={}, headers=BEARER).json()
+    (tmp_path / "secret.txt").write_text("secret")
+    for name in ("..%2F..%2F..%2Fsecret.txt", "%2Fetc%2Fpasswd", "..%2F..%2F..%2Fsecurity.db", "model.pth%00", "job.log"):
+        response = client.get(f"/jobs/{job['id']}/artifacts/{name}", headers=BEARER)
+        assert response.status_code == 404, name
+        assert "secret" != response.text
+
+
+def test_the_token_never_appears_in_pages_or_responses(client):
+    login(client)
+    job = client.post("/jobs", json={}, headers=BEARER).json()
+    for path in ("/", f"/jobs/{job['id']}", "/jobs/new", "/workers", "/openapi.json", "/metrics", f"/jobs/{job['id']}"):
+        assert TOKEN not in client.get(path, headers=HTML).text, path
+        assert TOKEN not in client.get(path, headers=BEARER).text, path
+
+
+def test_without_a_token_the_laptop_needs_no_login(tmp_path: Path):
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        assert client.get("/", headers=HTML).status_code == 200
+        assert client.post("/jobs", json={}).status_code == 201
+        # Still no cross-site posts, and a browser's own form needs its CSRF token.
+        assert client.post("/jobs", json={}, headers={"Origin": "http://evil.example"}).status_code == 403
+        same = {"Origin": str(client.base_url)}
+        assert client.post("/jobs/new", data={"epochs": "2"}, headers=same).status_code == 403
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path):
+    env = {"PATH": "/usr/bin:/bin", "TRAINBOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "TRAINBOARD_TOKEN" in result.stderr and ".env" in result.stderr
