@@ -1,4 +1,8 @@
-"""Weights & Biases: which mode a job runs in, init with an offline fallback, what gets logged."""
+"""Weights & Biases: which mode a job runs in, init with an offline fallback, what gets logged.
+
+wandb is imported only for a run that uses it, so a disabled run (the benchmarks on a GPU host)
+needs no wandb installed.
+"""
 
 import netrc
 import os
@@ -8,7 +12,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 import torch
-import wandb
 
 from worker.reporter import Reporter
 
@@ -33,7 +36,7 @@ def resolve_mode(requested: str | None) -> str:
 
 
 class Tracker:
-    """One W&B run for one job; `disabled` mode keeps the same calls as no-ops."""
+    """One W&B run for one job; in `disabled` mode there is no run and every call does nothing."""
 
     def __init__(self, run: Any, mode: str):
         self.run = run
@@ -42,6 +45,12 @@ class Tracker:
     @classmethod
     def start(cls, params: dict[str, Any], *, name: str, job_dir: Path, reporter: Reporter) -> "Tracker":
         mode = resolve_mode(params.get("wandb_mode"))
+        if mode == "disabled":
+            reporter.wandb(mode=mode, url=None, run_id=None, run_dir=None, note=None)
+            return cls(None, mode)
+
+        import wandb
+
         note = None
         init = {
             "project": params["wandb_project"],
@@ -66,24 +75,31 @@ class Tracker:
         run.define_metric("epoch")
         for metric in ("Test Accuracy", "Test Loss", "Examples"):
             run.define_metric(metric, step_metric="epoch")
-        tracker = cls(run, mode)
         reporter.wandb(
             mode=mode,
             url=run.url if mode == "online" else None,
-            run_id=run.id if mode != "disabled" else None,
+            run_id=run.id,
             run_dir=str(run.settings.sync_dir) if mode == "offline" else None,
             note=note,
         )
-        return tracker
+        return cls(run, mode)
 
-    def watch(self, model: torch.nn.Module) -> None:
-        # As in the tutorial: gradients and parameters, at wandb's default frequency.
-        self.run.watch(model, log="all")
+    def watch(self, model: torch.nn.Module, log: str, log_freq: int) -> None:
+        """Histograms of gradients and/or parameters every `log_freq` batches, as the tutorial's
+        wandb.watch(model, log="all"). Each costs a few syncs and a copy of the weights to the host,
+        so log_freq is what bounds its share of the training time."""
+        if self.run is not None and log != "off":
+            self.run.watch(model, log=log, log_freq=log_freq)
 
     def log_train_loss(self, batch: int, loss: float) -> None:
-        self.run.log({"Train Loss": loss, "batch": batch})
+        if self.run is not None:
+            self.run.log({"Train Loss": loss, "batch": batch})
 
     def log_epoch(self, epoch: int, accuracy: float, loss: float, examples: list[tuple[np.ndarray, str]]) -> None:
+        if self.run is None:
+            return
+        import wandb
+
         self.run.log({
             "Examples": [wandb.Image(image, caption=caption) for image, caption in examples],
             "Test Accuracy": accuracy,
@@ -92,8 +108,9 @@ class Tracker:
         })
 
     def save(self, path: Path) -> None:
-        if self.mode != "disabled":
+        if self.run is not None:
             self.run.save(str(path), base_path=str(path.parent), policy="now")
 
     def finish(self, exit_code: int = 0) -> None:
-        self.run.finish(exit_code=exit_code)
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
