@@ -8,12 +8,23 @@ test image of each test batch, captioned "Pred:x Truth:y"), "Test Accuracy" (per
 What is fixed: the seed argument is honoured (python, numpy and torch); test_batch_size is used
 for evaluation; Test Loss is averaged per sample rather than summed over batches; pretrained
 weights come through torchvision's weights API with a 10-class head; log_interval logs the train
-loss. The whole data set sits on the training device as uint8 and batches are drawn there.
+loss.
 
-On this project's 2-core CPU a synthetic job of 2 epochs on 512 images takes a few seconds:
-    curl -X POST localhost:8000/jobs -d '{"dataset":"synthetic","pretrained":false,"epochs":2,"train_subset":512}'
+What is added, each a job field whose default keeps the tutorial's results: AdamW, Nesterov,
+weight decay, a per-batch lr schedule with warm-up, label smoothing, flip/crop/cutout drawn on
+the device, autocast (bf16 on GPUs that have it), channels_last, torch.compile, flip TTA, and
+the fast94 preset that combines them (app/presets.py).
+
+Where the time goes: the whole data set sits on the training device as uint8 and every batch is
+gathered, augmented and normalised there, so there is no DataLoader and no per-image Python. The
+loop never waits for the device except every log_interval batches, when the train loss (summed
+on the device) is read. On this project's 2-core CPU the tutorial config runs at the tutorial
+loop's speed or better; on a GPU, where the tutorial's per-image PIL work is the bottleneck, the
+gain is what bench/train_speed.py measures (`python bench/train_speed.py --help`, and
+bench/gpu.sh for the GPU figures; BENCHMARKS.md has the numbers and the machine).
 """
 
+import math
 import os
 import random
 import time
@@ -30,6 +41,9 @@ from worker.reporter import Reporter
 from worker.tracking import Tracker
 
 MAX_EXAMPLES = 64
+CROP_PADDING = 4
+CUTOUT_SIZE = 8
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def set_seed(seed: int) -> None:
@@ -38,44 +52,63 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] to the tutorial's Normalize((0.5,) * 3, (0.5,) * 3) range [-1, 1]."""
-    return images.float().div_(127.5).sub_(1.0)
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 where the GPU computes it natively (compute capability 8.0 and up), else fp32."""
+    if requested == "auto":
+        native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+        return torch.bfloat16 if native_bf16 else torch.float32
+    return PRECISIONS[requested]
 
 
-def run(params: dict[str, Any], *, name: str, job_dir: Path, data_dir: Path, cifar_verify: bool, reporter: Reporter) -> None:
+def run(
+    params: dict[str, Any],
+    *,
+    name: str,
+    job_dir: Path,
+    data_dir: Path,
+    cifar_verify: bool,
+    reporter: Reporter,
+    data: ImageSet | None = None,
+) -> None:
+    """Train and evaluate as `params` say, reporting progress and the result through `reporter`.
+    `data` replaces the job's dataset (benchmarks bring their own images); subsets still apply."""
     # ---- Setup ---------------------------------------------------------------------------------
     set_seed(params["seed"])
     use_cuda = params["use_cuda"] and torch.cuda.is_available()
     device = torch.device("cuda:0" if use_cuda else "cpu")
-    torch.backends.cudnn.deterministic = True  # as the tutorial sets it
+    # The tutorial asks cuDNN for deterministic algorithms; without that, let cuDNN time its
+    # algorithms on the first batches and keep the fastest.
+    torch.backends.cudnn.deterministic = params["deterministic"]
+    torch.backends.cudnn.benchmark = not params["deterministic"]
 
-    data = load(params["dataset"], data_dir, verify=cifar_verify)
+    if data is None:
+        data = load(params["dataset"], data_dir, verify=cifar_verify)
     data = data.subset(params["train_subset"], params["test_subset"]).to(device)
-    model = build_model(params["model"], pretrained=params["pretrained"]).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
+    model = build_model(params["model"], pretrained=params["pretrained"])
+    training = Training(model, params, device, steps=params["epochs"] * batches_per_epoch(data, params["batch_size"]))
     print(
         f"trainboard: {params['model']} on {params['dataset']} ({len(data.train_labels)} train, "
-        f"{len(data.test_labels)} test images) on {device}",
+        f"{len(data.test_labels)} test images) on {device}, {str(training.precision).removeprefix('torch.')} "
+        f"autocast, compile {params['compile']}",
         flush=True,
     )
 
     tracker = Tracker.start(params, name=name, job_dir=job_dir, reporter=reporter)
     try:
-        tracker.watch(model)
+        tracker.watch(model, log=params["wandb_watch"], log_freq=params["wandb_watch_freq"])
         epochs = params["epochs"]
-        batches_per_epoch = -(-len(data.train_labels) // params["batch_size"])
+        batches = batches_per_epoch(data, params["batch_size"])
         metrics: dict[str, Any] = {}
         for epoch in range(1, epochs + 1):
             # ---- Train -------------------------------------------------------------------------
             started = time.perf_counter()
-            train_loss = train_epoch(model, optimizer, data, params, epoch, batches_per_epoch, tracker, reporter)
+            train_loss = train_epoch(training, data, params, epoch, batches, tracker, reporter)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_seconds = time.perf_counter() - started
 
             # ---- Evaluate ----------------------------------------------------------------------
-            accuracy, test_loss, examples = evaluate(model, data, params["test_batch_size"])
+            accuracy, test_loss, examples = evaluate(training, data, params["test_batch_size"], params["tta"])
             tracker.log_epoch(epoch, accuracy, test_loss, examples)
             metrics = {
                 "epoch": epoch,
@@ -86,7 +119,7 @@ def run(params: dict[str, Any], *, name: str, job_dir: Path, data_dir: Path, cif
                 "epoch_seconds": time.perf_counter() - started,
             }
             reporter.progress(
-                {"epoch": epoch, "epochs": epochs, "batch": batches_per_epoch, "batches": batches_per_epoch},
+                {"epoch": epoch, "epochs": epochs, "batch": batches, "batches": batches},
                 metrics=metrics,
                 points=[("epoch", epoch, metrics)],
             )
@@ -102,47 +135,186 @@ def run(params: dict[str, Any], *, name: str, job_dir: Path, data_dir: Path, cif
     reporter.result(metrics, [{"name": model_path.name, "size": model_path.stat().st_size}])
 
 
-def train_epoch(model, optimizer, data: ImageSet, params, epoch: int, batches_per_epoch: int, tracker: Tracker, reporter: Reporter) -> float:
+def batches_per_epoch(data: ImageSet, batch_size: int) -> int:
+    return -(-len(data.train_labels) // batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: gathered from the uint8 set on the device, augmented and normalised there, a whole
+# batch per kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def to_inputs(images: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
+    """uint8 [0, 255] to the tutorial's Normalize((0.5,) * 3, (0.5,) * 3) range [-1, 1], in `layout`."""
+    return images.to(dtype=torch.float32, memory_format=layout).div_(127.5).sub_(1.0)
+
+
+def random_flip(images: torch.Tensor) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flipped = torch.rand(len(images), 1, 1, 1, device=images.device) < 0.5
+    return torch.where(flipped, images.flip(3), images)
+
+
+def random_crop(images: torch.Tensor, padding: int = CROP_PADDING) -> torch.Tensor:
+    """Shift each image by up to `padding` pixels each way, filling with zeros: RandomCrop(32, padding=4)."""
+    count, channels, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=device)
+    left = torch.randint(0, 2 * padding + 1, (count, 1, 1), device=device)
+    rows = top + torch.arange(height, device=device).view(1, -1, 1)
+    columns = left + torch.arange(width, device=device).view(1, 1, -1)
+    index = (rows * (width + 2 * padding) + columns).view(count, 1, -1).expand(-1, channels, -1)
+    return padded.flatten(2).gather(2, index).view(count, channels, height, width)
+
+
+def cutout(inputs: torch.Tensor, size: int = CUTOUT_SIZE) -> torch.Tensor:
+    """Zero (the data's mean after normalisation) a size x size square at a random centre of each image,
+    clipped at the borders."""
+    count, _, height, width = inputs.shape
+    top = torch.randint(0, height, (count, 1, 1), device=inputs.device) - size // 2
+    left = torch.randint(0, width, (count, 1, 1), device=inputs.device) - size // 2
+    rows = torch.arange(height, device=inputs.device).view(1, -1, 1)
+    columns = torch.arange(width, device=inputs.device).view(1, 1, -1)
+    square = (rows >= top) & (rows < top + size) & (columns >= left) & (columns < left + size)
+    return inputs.masked_fill(square.unsqueeze(1), 0.0)
+
+
+def training_inputs(images: torch.Tensor, augment: str, layout: torch.memory_format) -> torch.Tensor:
+    if augment != "none":
+        images = random_crop(random_flip(images))
+    inputs = to_inputs(images, layout)
+    if augment == "flip_crop_cutout":
+        inputs = cutout(inputs)
+    return inputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, optimizer, schedule: one training step
+# ---------------------------------------------------------------------------------------------
+
+
+class Training:
+    """The model on its device and everything one optimisation step needs."""
+
+    def __init__(self, model: torch.nn.Module, params: dict[str, Any], device: torch.device, steps: int):
+        self.params = params
+        self.device = device
+        self.steps = steps
+        self.precision = resolve_precision(params["precision"], device)
+        self.layout = torch.channels_last if params["channels_last"] else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.layout)
+        # Only forward() is compiled, not the module call: hooks (wandb.watch's) stay eager
+        # Python instead of forcing graph breaks and recompiles.
+        self.cuda_graphs = params["compile"] == "reduce-overhead" and device.type == "cuda"
+        if params["compile"] != "off":
+            model.forward = torch.compile(model.forward, mode=params["compile"], dynamic=False)
+        loss_scaling = self.precision == torch.float16
+        # Fused: one kernel per step for all parameters, and loss scaling without a host sync.
+        # Except SGD under a loss scaler: torch's fused SGD does not honour a skipped step
+        # (pytorch's _fused_sgd leaves the momentum uninitialised when the first step overflows).
+        if params["optimizer"] == "adamw":
+            self.optimizer = torch.optim.AdamW(
+                model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"], fused=True
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                model.parameters(),
+                lr=params["lr"],
+                momentum=params["momentum"],
+                nesterov=params["nesterov"],
+                weight_decay=params["weight_decay"],
+                fused=not loss_scaling,
+                foreach=True if loss_scaling else None,
+            )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.precision, enabled=self.precision != torch.float32)
+
+    def learning_rate(self, step: int) -> float:
+        """The lr of 0-based `step`: a linear warm-up from zero, then the schedule down to zero."""
+        peak, schedule = self.params["lr"], self.params["lr_schedule"]
+        warmup = round(self.params["warmup_fraction"] * self.steps)
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        progress = (step - warmup) / max(1, self.steps - warmup)
+        if schedule == "onecycle":
+            return peak * (1.0 - progress)
+        if schedule == "cosine":
+            return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return peak
+
+    def step(self, step: int, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimisation step; returns the loss on the device, without waiting for it."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = F.cross_entropy(self.model(inputs), labels, label_smoothing=self.params["label_smoothing"])
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train_epoch(training: Training, data: ImageSet, params, epoch: int, batches: int, tracker: Tracker, reporter: Reporter) -> float:
     """One pass in a random order. Losses stay on the device until a log_interval boundary."""
-    model.train()
+    training.model.train()
     batch_size, log_interval = params["batch_size"], params["log_interval"]
     order = torch.randperm(len(data.train_labels), device=data.train_labels.device)
     interval_loss = torch.zeros((), device=order.device)
     epoch_loss = torch.zeros((), device=order.device)
     for batch, start in enumerate(range(0, len(order), batch_size), start=1):
         indices = order[start:start + batch_size]
-        images, labels = normalize(data.train_images[indices]), data.train_labels[indices]
-        optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        optimizer.step()
-        interval_loss += loss.detach()
-        epoch_loss += loss.detach() * len(indices)
+        inputs = training_inputs(data.train_images[indices], params["augment"], training.layout)
+        loss = training.step((epoch - 1) * batches + batch - 1, inputs, data.train_labels[indices])
+        interval_loss += loss
+        epoch_loss += loss * len(indices)
 
-        if batch % log_interval == 0 or batch == batches_per_epoch:
+        if batch % log_interval == 0 or batch == batches:
             mean_loss = interval_loss.item() / (log_interval if batch % log_interval == 0 else batch % log_interval)
             interval_loss.zero_()
-            step = (epoch - 1) * batches_per_epoch + batch
+            step = (epoch - 1) * batches + batch
             tracker.log_train_loss(step, mean_loss)
             reporter.progress(
-                {"epoch": epoch - 1, "epochs": params["epochs"], "batch": batch, "batches": batches_per_epoch},
+                {"epoch": epoch - 1, "epochs": params["epochs"], "batch": batch, "batches": batches},
                 points=[("train", step, {"epoch": epoch, "batch": batch, "train_loss": mean_loss})],
             )
     return epoch_loss.item() / len(order)
 
 
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
 @torch.inference_mode()
-def evaluate(model, data: ImageSet, batch_size: int) -> tuple[float, float, list[tuple[numpy.ndarray, str]]]:
-    """Accuracy in percent, loss averaged per sample, and the first image of each test batch."""
+def evaluate(training: Training, data: ImageSet, batch_size: int, tta: str) -> tuple[float, float, list[tuple[numpy.ndarray, str]]]:
+    """Accuracy in percent, unsmoothed cross-entropy averaged per sample, and the first image of
+    each test batch. With flip TTA the logits of each image and its mirror are averaged."""
+    model = training.model
     model.eval()
     total_loss = torch.zeros((), device=data.test_labels.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.test_labels.device)
     firsts = []
     for start in range(0, len(data.test_labels), batch_size):
         images, labels = data.test_images[start:start + batch_size], data.test_labels[start:start + batch_size]
-        predictions = model(normalize(images))
-        total_loss += F.cross_entropy(predictions, labels, reduction="sum")
-        predicted = predictions.argmax(dim=1)
+        inputs = to_inputs(images, training.layout)
+        with training.autocast():
+            logits = model(inputs).float()
+            if tta == "flip":
+                logits = (logits + model(inputs.flip(3)).float()) / 2
+        total_loss += F.cross_entropy(logits, labels, reduction="sum")
+        predicted = logits.argmax(dim=1)
         correct += (predicted == labels).sum()
         if len(firsts) < MAX_EXAMPLES:
             firsts.append((images[0], predicted[0], labels[0]))
