@@ -1,0 +1,345 @@
+"""Training speed: the tutorial's loop as written against trainboard's, on one device, in one run.
+
+(a) tutorial: the loop of the thorough-pytorch tutorial (7.4) as written: a CIFAR10-style Dataset
+    that makes a PIL image per sample, ToTensor + Normalize per image, a DataLoader with the
+    tutorial's kwargs ({'num_workers': 1, 'pin_memory': True} on CUDA, none on CPU), fp32, SGD with
+    the job's lr and momentum, a fresh CrossEntropyLoss per batch.
+(b) trainboard: worker.train.run on the same images, model and batch size, with the preset's
+    recipe (tutorial by default) and any --set overrides, W&B disabled.
+
+Both train the same epochs in alternating rounds so load on a shared machine hits them alike; the
+first epoch of every run is warm-up (cuDNN/oneDNN plans, compilation, DataLoader start) and left
+out, and images/s is the median of the other epochs. Only training is timed: the tutorial's
+evaluation is skipped here (its metrics are compared in tests/test_training.py).
+
+--wandb times (b) with W&B offline and wandb.watch as the job sets it against W&B disabled.
+--schedule runs (b) once for the preset's full schedule and reports its wall time.
+
+    .venv/bin/python -m bench.train_speed                       # tutorial config, this machine
+    .venv/bin/python -m bench.train_speed --wandb               # plus the W&B overhead
+    python -m bench.train_speed --device cuda --set compile=reduce-overhead
+    python -m bench.train_speed --device cuda --preset fast94 --schedule --no-compare
+
+Images are the synthetic set (CIFAR-10's shape; speed does not depend on content) unless
+--data cifar10 and --data-dir point at CIFAR-10. Models start from random weights: no download.
+"""
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+from PIL import Image
+from torch import nn, optim
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from app.presets import PRESETS, resolve
+from worker import train
+from worker.data import ImageSet, cifar10, synthetic
+from worker.nets import build_model
+
+# ---------------------------------------------------------------------------------------------
+# (a) The tutorial's loop
+# ---------------------------------------------------------------------------------------------
+
+
+class TutorialCIFAR(Dataset):
+    """What torchvision's CIFAR10 does per sample: HWC uint8 array -> PIL image -> transform."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def tutorial_loop(
+    data: ImageSet, params: dict[str, Any], device: torch.device, *, evaluate: bool = True
+) -> list[dict[str, float]]:
+    """The tutorial's main(): seeds, loaders, model, SGD, then train() and test() per epoch.
+
+    Returns per epoch the training seconds and, with `evaluate`, Test Accuracy (percent) and Test
+    Loss averaged per sample (the tutorial sums batch means; per sample is trainboard's definition,
+    so the two compare)."""
+    random.seed(params["seed"])
+    torch.manual_seed(params["seed"])
+    numpy.random.seed(params["seed"])
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+    train_loader = DataLoader(
+        TutorialCIFAR(data.train_images, data.train_labels, transform), batch_size=params["batch_size"], shuffle=True, **kwargs
+    )
+    test_loader = DataLoader(
+        TutorialCIFAR(data.test_images, data.test_labels, transform), batch_size=params["batch_size"], shuffle=False, **kwargs
+    )
+    model = build_model(params["model"], pretrained=params["pretrained"]).to(device)
+    optimizer = optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
+
+    epochs = []
+    for _ in range(params["epochs"]):
+        started = time.perf_counter()
+        model.train()
+        for images, target in train_loader:
+            images, target = images.to(device), target.to(device)
+            optimizer.zero_grad()
+            output = model(images)
+            criterion = nn.CrossEntropyLoss()
+            loss = criterion(output, target)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch = {"train_seconds": time.perf_counter() - started}
+        if evaluate:
+            epoch.update(tutorial_test(model, device, test_loader))
+        epochs.append(epoch)
+    return epochs
+
+
+def tutorial_test(model: nn.Module, device: torch.device, test_loader: DataLoader) -> dict[str, float]:
+    model.eval()
+    test_loss = 0.0
+    correct = 0
+    with torch.no_grad():
+        for images, target in test_loader:
+            images, target = images.to(device), target.to(device)
+            output = model(images)
+            criterion = nn.CrossEntropyLoss(reduction="sum")
+            test_loss += criterion(output, target).item()
+            pred = output.max(1, keepdim=True)[1]
+            correct += pred.eq(target.view_as(pred)).sum().item()
+    count = len(test_loader.dataset)
+    return {"test_accuracy": 100.0 * correct / count, "test_loss": test_loss / count}
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) trainboard's training
+# ---------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A reporter that keeps what a training child would send to its worker slot."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, Any]] = []
+        self.train_points: list[dict[str, Any]] = []
+        self.wandb_events: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+
+    def wandb(self, **fields: Any) -> None:
+        self.wandb_events.append(fields)
+
+    def progress(self, progress: dict[str, Any], *, metrics: dict[str, Any] | None = None, points: list | None = None) -> None:
+        for kind, _, values in points or []:
+            (self.epochs if kind == "epoch" else self.train_points).append(values)
+
+    def result(self, metrics: dict[str, Any], artifacts: list[dict[str, Any]]) -> None:
+        self.final = {"metrics": metrics, "artifacts": artifacts}
+
+
+def trainboard_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> Recorder:
+    recorder = Recorder()
+    job_dir = Path(tempfile.mkdtemp(dir=work_dir))
+    train.run(params, name="bench", job_dir=job_dir, data_dir=work_dir, cifar_verify=False, reporter=recorder, data=data)
+    return recorder
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def compare(data: ImageSet, params: dict[str, Any], device: torch.device, rounds: int, work_dir: Path) -> dict[str, float]:
+    """(a) and (b) in alternation; images/s of each is the median over the timed epochs of all rounds."""
+    images = len(data.train_labels)
+    tutorial_rates, trainboard_rates = [], []
+    for round_number in range(1, rounds + 1):
+        tutorial = [images / epoch["train_seconds"] for epoch in tutorial_loop(data, params, device, evaluate=False)[1:]]
+        ours = [epoch["train_images_per_second"] for epoch in trainboard_run(data, params, work_dir).epochs[1:]]
+        tutorial_rates += tutorial
+        trainboard_rates += ours
+        print(f"  round {round_number}: tutorial {fmt(tutorial)}  trainboard {fmt(ours)} images/s", flush=True)
+    result = {"tutorial": statistics.median(tutorial_rates), "trainboard": statistics.median(trainboard_rates)}
+    result["ratio"] = result["trainboard"] / result["tutorial"]
+    return result
+
+
+def wandb_overhead(data: ImageSet, params: dict[str, Any], rounds: int, work_dir: Path) -> dict[str, float]:
+    """(b) with W&B offline (wandb.watch as the job sets it) against W&B disabled, alternating."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+    offline, disabled = [], []
+    for round_number in range(1, rounds + 1):
+        logged = trainboard_run(data, {**params, "wandb_mode": "offline"}, work_dir).epochs[1:]
+        plain = trainboard_run(data, {**params, "wandb_mode": "disabled"}, work_dir).epochs[1:]
+        offline += [epoch["train_images_per_second"] for epoch in logged]
+        disabled += [epoch["train_images_per_second"] for epoch in plain]
+        print(f"  round {round_number}: offline {fmt(offline[-len(logged):])}  disabled {fmt(disabled[-len(plain):])} images/s", flush=True)
+    batches = -(-len(data.train_labels) // params["batch_size"]) * params["epochs"]
+    watch_logs = batches // params["wandb_watch_freq"] if params["wandb_watch"] != "off" else 0
+    result = {"offline": statistics.median(offline), "disabled": statistics.median(disabled), "watch_logs_per_run": watch_logs}
+    result["overhead"] = 1.0 - result["offline"] / result["disabled"]
+    return result
+
+
+def schedule(data: ImageSet, params: dict[str, Any], work_dir: Path) -> dict[str, float]:
+    """One run of the full schedule: wall time of train.run (model build, training, every
+    evaluation, saving), the time in training and evaluation epochs, and the final accuracy."""
+    started = time.perf_counter()
+    recorder = trainboard_run(data, params, work_dir)
+    wall = time.perf_counter() - started
+    epochs = recorder.epochs
+    return {
+        "wall_seconds": wall,
+        "epoch_seconds": sum(epoch["epoch_seconds"] for epoch in epochs),
+        "train_images_per_second": statistics.median(epoch["train_images_per_second"] for epoch in epochs[1:] or epochs),
+        "test_accuracy": epochs[-1]["test_accuracy"],
+    }
+
+
+def fmt(rates: list[float]) -> str:
+    return "[" + ", ".join(f"{rate:.0f}" for rate in rates) + "]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """key=value pairs, values typed like the preset's: --set compile=reduce-overhead --set lr=0.1."""
+    known = resolve()
+    overrides = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        if key not in known:
+            raise SystemExit(f"--set {pair}: unknown field {key!r}")
+        default = known[key]
+        if isinstance(default, bool):
+            value: Any = raw.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int) and raw.lstrip("-").isdigit():
+            value = int(raw)
+        elif isinstance(default, (int, float)):
+            value = float(raw)
+        elif raw.lower() in ("none", "null"):
+            value = None
+        else:
+            value = raw
+        overrides[key] = value
+    return overrides
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tutorial")
+    parser.add_argument("--model", choices=["resnet18", "resnet18_cifar"], help="default: the preset's")
+    parser.add_argument("--batch-size", type=int, help="default: the preset's")
+    parser.add_argument("--train-size", type=int, help="training images per epoch (default: 512 on CPU, 50000 on CUDA)")
+    parser.add_argument("--test-size", type=int, default=1000, help="test images (trainboard evaluates them every epoch)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run; the first is warm-up (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each measurement (default 3)")
+    parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TRAINBOARD_DATA_DIR", "var/data")))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="job field for (b)")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="skip (a) against (b)")
+    parser.add_argument("--wandb", action="store_true", help="also time W&B offline with watch against disabled")
+    parser.add_argument("--schedule", action="store_true", help="also run the preset's full schedule once, timed")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    train_size = args.train_size or (512 if device.type == "cpu" else 50000)
+    fixed = {"model": args.model, "batch_size": args.batch_size}
+    params = resolve(
+        args.preset,
+        **{key: value for key, value in fixed.items() if value is not None},
+        pretrained=False,
+        dataset=args.data,
+        use_cuda=device.type == "cuda",
+        wandb_mode="disabled",
+        epochs=args.epochs,
+        train_subset=None,
+        test_subset=None,
+    )
+    params.update(parse_overrides(args.overrides))
+    if args.data == "cifar10":
+        full = cifar10(args.data_dir, verify=False)
+        data = full.subset(train_size, args.test_size)
+    else:
+        data = synthetic(train_size, args.test_size)
+
+    print(
+        f"device: {describe(device)}; torch {torch.__version__}, python {platform.python_version()}\n"
+        f"data: {args.data}, {len(data.train_labels)} training images per epoch, {len(data.test_labels)} test images\n"
+        f"model {params['model']}, batch {params['batch_size']}, preset {args.preset}, "
+        f"{args.epochs} epochs per run (first excluded), {args.rounds} rounds",
+        flush=True,
+    )
+    tuned = {key: value for key, value in params.items() if value != resolve()[key] and key not in ("preset", "epochs", "dataset")}
+    print(f"trainboard fields that differ from the tutorial's: {tuned or 'none'}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="trainboard-bench-") as work:
+        work_dir = Path(work)
+        if args.compare:
+            print("(a) tutorial loop vs (b) trainboard", flush=True)
+            result = compare(data, params, device, args.rounds, work_dir)
+            print(
+                f"tutorial loop: {result['tutorial']:.0f} images/s\n"
+                f"trainboard:    {result['trainboard']:.0f} images/s\n"
+                f"ratio:         {result['ratio']:.2f}x",
+                flush=True,
+            )
+        if args.wandb:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                print("W&B overhead: skipped, wandb is not installed", flush=True)
+            else:
+                print(f"W&B offline (watch {params['wandb_watch']} every {params['wandb_watch_freq']} batches) vs disabled", flush=True)
+                result = wandb_overhead(data, params, args.rounds, work_dir)
+                print(
+                    f"W&B offline:  {result['offline']:.0f} images/s ({result['watch_logs_per_run']} watch logs per run)\n"
+                    f"W&B disabled: {result['disabled']:.0f} images/s\n"
+                    f"overhead:     {100 * result['overhead']:.1f}%",
+                    flush=True,
+                )
+        if args.schedule:
+            full_schedule = {**params, "epochs": resolve(args.preset)["epochs"]}
+            print(f"full schedule: {full_schedule['epochs']} epochs of {len(data.train_labels)} images", flush=True)
+            result = schedule(data, full_schedule, work_dir)
+            print(
+                f"schedule wall time: {result['wall_seconds']:.1f} s (epochs {result['epoch_seconds']:.1f} s), "
+                f"{result['train_images_per_second']:.0f} training images/s, "
+                f"final test accuracy {result['test_accuracy']:.2f}% (on {args.data})",
+                flush=True,
+            )
+
+
+def describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda, {torch.cuda.get_device_name(device)}"
+    name = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        name = models[0] if models else name
+    return f"cpu, {name}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
