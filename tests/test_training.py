@@ -1,0 +1,307 @@
+"""The training engine in-process (worker/train.py, data.py, tracking.py) and the job fields that
+drive it (presets in app/presets.py, JobCreate): every option trains, the recipe learns, seeds
+repeat, metrics mean what the tutorial's mean, the CIFAR-10 tensor cache follows its files."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from app.models import JobCreate
+from app.presets import FAST94, PRESETS, TUTORIAL, resolve
+from bench.train_speed import Recorder, tutorial_loop
+from tests.conftest import write_cifar10
+from worker import train
+from worker.data import CIFAR_CACHE_NAME, ImageSet, cifar10, synthetic
+from worker.nets import build_model
+
+TINY = {
+    "dataset": "synthetic",
+    "pretrained": False,
+    "epochs": 1,
+    "batch_size": 32,
+    "train_subset": 64,
+    "test_subset": 32,
+    "log_interval": 1,
+    "wandb_mode": "disabled",
+}
+
+
+def train_job(tmp_path: Path, data: ImageSet | None = None, **fields: Any) -> Recorder:
+    """Validate the fields as the API would, then train in this process."""
+    params = JobCreate.model_validate({**TINY, **fields}).model_dump(mode="json")
+    recorder = Recorder()
+    job_dir = tmp_path / "job"
+    job_dir.mkdir(exist_ok=True)
+    train.run(params, name="test", job_dir=job_dir, data_dir=tmp_path, cifar_verify=False, reporter=recorder, data=data)
+    return recorder
+
+
+# ---------------------------------------------------------------------------------------------
+# Job fields and presets
+# ---------------------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_tutorial_preset():
+    job = JobCreate()
+    assert job.preset == "tutorial"
+    assert {name: getattr(job, name) for name in TUTORIAL} == TUTORIAL
+    assert (job.batch_size, job.epochs, job.lr, job.momentum, job.seed, job.log_interval) == (64, 5, 0.01, 0.1, 2043, 10)
+    assert (job.optimizer, job.precision, job.wandb_watch) == ("sgd", "auto", "all")
+
+
+def test_a_preset_fills_its_fields_and_explicit_fields_win():
+    fast = JobCreate(preset="fast94")
+    assert {name: getattr(fast, name) for name in FAST94} == FAST94
+    assert fast.seed == TUTORIAL["seed"]  # fields the preset leaves alone keep the tutorial's value
+
+    tuned = JobCreate.model_validate({"preset": "fast94", "epochs": 10, "nesterov": False, "tta": "none"})
+    assert (tuned.epochs, tuned.nesterov, tuned.tta) == (10, False, "none")
+    assert tuned.lr == FAST94["lr"] and tuned.model == "resnet18_cifar"
+
+
+def test_a_stored_job_revalidates_to_the_same_parameters():
+    """The queue stores model_dump() and a retry validates it again: every field is explicit by then."""
+    stored = JobCreate(preset="fast94", epochs=7).model_dump(mode="json")
+    assert JobCreate.model_validate(stored).model_dump(mode="json") == stored
+    assert resolve("fast94", epochs=7) == {key: value for key, value in stored.items() if key not in ("name", "tags")}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("preset", "fast95"), ("preset", ["fast94"]), ("optimizer", "adam"), ("weight_decay", -0.1), ("weight_decay", 2),
+        ("lr_schedule", "step"), ("warmup_fraction", -0.1), ("warmup_fraction", 1.5), ("label_smoothing", 0.6),
+        ("augment", "mixup"), ("precision", "fp8"), ("channels_last", "sideways"), ("compile", True),
+        ("compile", "max-autotune"), ("deterministic", "maybe"), ("tta", "ten_crop"), ("wandb_watch", "everything"),
+        ("wandb_watch_freq", 0), ("wandb_watch_freq", 1_000_001), ("nesterov", "perhaps"),
+    ],
+)
+def test_out_of_bounds_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValidationError) as caught:
+        JobCreate.model_validate({field: value})
+    assert [error["loc"][0] for error in caught.value.errors()] == [field]
+
+
+def test_nesterov_without_momentum_is_refused_naming_nesterov():
+    with pytest.raises(ValidationError) as caught:
+        JobCreate(preset="fast94", momentum=0)
+    assert [error["loc"][0] for error in caught.value.errors()] == ["nesterov"]
+    assert JobCreate(preset="fast94", optimizer="adamw").nesterov  # adamw has no Nesterov momentum to refuse
+
+
+def test_every_field_is_documented_in_the_schema():
+    properties = JobCreate.model_json_schema()["properties"]
+    assert set(properties) >= set(TUTORIAL) | {"preset"}
+    assert all(spec.get("description") for spec in properties.values())
+    assert set(PRESETS) == set(properties["preset"]["enum"])
+
+
+def test_the_job_model_never_imports_torch():
+    code = "import sys, app.models; assert 'torch' not in sys.modules, 'app.models imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every option trains a tiny job end to end
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"optimizer": "adamw", "lr": 0.001, "weight_decay": 0.05},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        {"lr_schedule": "onecycle", "warmup_fraction": 0.3},
+        {"lr_schedule": "cosine", "warmup_fraction": 0.1},
+        {"lr_schedule": "constant", "warmup_fraction": 1.0},
+        {"label_smoothing": 0.2},
+        {"augment": "flip_crop"},
+        {"augment": "flip_crop_cutout"},
+        {"precision": "fp32"},
+        {"precision": "bf16"},
+        {"precision": "fp16", "batch_size": 16, "train_subset": 32, "test_subset": 16},  # CPUs have no fast fp16
+        {"channels_last": True},
+        {"deterministic": False},
+        {"tta": "flip"},
+        {"model": "resnet18_cifar", "batch_size": 16, "train_subset": 32, "test_subset": 16},
+        {"preset": "fast94", "batch_size": 16, "train_subset": 32, "test_subset": 16},
+        {"compile": "default"},
+        {"compile": "reduce-overhead"},
+    ],
+    ids=lambda fields: ",".join(f"{key}={value}" for key, value in fields.items()) or "tutorial",
+)
+def test_each_option_trains_a_tiny_job(tmp_path, fields):
+    recorder = train_job(tmp_path, **fields)
+    [epoch] = recorder.epochs
+    assert 0 <= epoch["test_accuracy"] <= 100
+    assert math.isfinite(epoch["test_loss"]) and math.isfinite(epoch["train_loss"])
+    assert epoch["train_images_per_second"] > 0
+    assert len(recorder.train_points) == 2  # log_interval 1, two batches
+    assert recorder.final["artifacts"][0]["name"] == "model.pth"
+    state = torch.load(tmp_path / "job" / "model.pth", weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state)  # loadable without torch.compile
+    assert recorder.wandb_events == [{"mode": "disabled", "url": None, "run_id": None, "run_dir": None, "note": None}]
+
+
+@pytest.mark.parametrize("watch", ["all", "gradients", "parameters", "off"])
+def test_wandb_watch_runs_offline(tmp_path, watch, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    recorder = train_job(tmp_path, wandb_mode="offline", wandb_watch=watch, wandb_watch_freq=1)
+    [event] = recorder.wandb_events
+    assert event["mode"] == "offline" and Path(event["run_dir"]).is_dir()
+    assert recorder.final is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe, the tutorial's loop, seeds, metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learnable() -> ImageSet:
+    return synthetic(512, 256)
+
+
+def test_the_fast94_recipe_learns_on_the_synthetic_set(tmp_path, learnable):
+    """fast94's optimizer, schedule, weight decay, smoothing, augmentation and TTA, on the network
+    that costs 15 times less, at batch 64 with the lr scaled down from batch 500 to match."""
+    recorder = train_job(
+        tmp_path, learnable, preset="fast94", model="resnet18", batch_size=64, lr=FAST94["lr"] * 64 / 500, epochs=3,
+        train_subset=None, test_subset=None, log_interval=4,
+    )
+    losses = [point["train_loss"] for point in recorder.train_points]
+    assert losses[-1] < losses[0] / 2
+    assert recorder.epochs[-1]["test_accuracy"] >= 80, recorder.epochs
+
+
+def test_the_tutorial_preset_matches_the_tutorials_own_loop(tmp_path, learnable):
+    """Same images, model and hyperparameters; the two draw their batches differently, so they
+    agree in what they reach, not bit for bit."""
+    fields = {**TINY, "epochs": 3, "train_subset": None, "test_subset": None}
+    ours = train_job(tmp_path, learnable, **fields).epochs[-1]
+    theirs = tutorial_loop(learnable, resolve(**fields), torch.device("cpu"))[-1]
+    assert abs(ours["test_accuracy"] - theirs["test_accuracy"]) <= 3, (ours, theirs)
+    assert ours["test_accuracy"] >= 80
+    assert 0.5 < ours["test_loss"] / theirs["test_loss"] < 2  # both per sample: a sum over batches is 8 times more
+
+
+def test_the_same_seed_repeats_a_run_and_another_seed_does_not(tmp_path):
+    fields = {"augment": "flip_crop_cutout", "lr_schedule": "onecycle", "warmup_fraction": 0.5}
+    first = train_job(tmp_path, **fields).epochs
+    again = train_job(tmp_path, **fields).epochs
+    other = train_job(tmp_path, seed=7, **fields).epochs
+    measured = ("test_accuracy", "test_loss", "train_loss")
+    assert [[epoch[key] for key in measured] for epoch in first] == [[epoch[key] for key in measured] for epoch in again]
+    assert first[0]["train_loss"] != other[0]["train_loss"]
+
+
+def test_test_loss_is_averaged_per_sample_over_uneven_batches():
+    data = synthetic(16, 50)
+    params = resolve(pretrained=False, use_cuda=False)
+    training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=1)
+    accuracy, loss, examples = train.evaluate(training, data, batch_size=16, tta="none")  # batches of 16, 16, 16, 2
+
+    training.model.eval()
+    with torch.no_grad():
+        logits = training.model(train.to_inputs(data.test_images, torch.contiguous_format))
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, data.test_labels).item(), rel=1e-5)
+    assert accuracy == pytest.approx(100.0 * (logits.argmax(1) == data.test_labels).float().mean().item())
+    assert len(examples) == 4 and examples[0][0].shape == (32, 32, 3)
+    assert examples[0][1].startswith("Pred:") and " Truth:" in examples[0][1]
+
+
+def test_precision_auto_is_fp32_on_the_cpu():
+    cpu = torch.device("cpu")
+    assert train.resolve_precision("auto", cpu) is torch.float32
+    assert train.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert train.resolve_precision("fp16", cpu) is torch.float16
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
+def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
+    params = resolve(lr=0.2, lr_schedule=schedule, warmup_fraction=0.2)
+    training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=100)
+    rates = [training.learning_rate(step) for step in range(100)]
+    assert rates[0] == pytest.approx(0.01) and rates[19] == pytest.approx(0.2) and max(rates) == pytest.approx(0.2)
+    assert all(a < b for a, b in zip(rates[:20], rates[1:20]))
+    if schedule == "constant":
+        assert set(rates[20:]) == {0.2}
+    else:
+        assert all(a >= b for a, b in zip(rates[20:], rates[21:])) and rates[-1] < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches on the device
+# ---------------------------------------------------------------------------------------------
+
+
+def test_random_crop_shifts_each_image_by_at_most_four_pixels_with_zero_fill():
+    images = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    cropped = train.random_crop(images)
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    shifts = set()
+    for original, crop in zip(padded, cropped):
+        [shift] = [(dy, dx) for dy in range(9) for dx in range(9) if torch.equal(original[:, dy:dy + 32, dx:dx + 32], crop)]
+        shifts.add(shift)
+    assert len(shifts) > 10  # drawn per image
+
+
+def test_random_flip_mirrors_about_half_the_images():
+    images = torch.randint(0, 256, (400, 3, 32, 32), dtype=torch.uint8)
+    flipped = train.random_flip(images)
+    mirrored = [torch.equal(out, image.flip(2)) for out, image in zip(flipped, images)]
+    kept = [torch.equal(out, image) for out, image in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept))
+    assert 120 < sum(mirrored) < 280
+
+
+def test_cutout_zeroes_one_square_of_at_most_eight_by_eight():
+    inputs = torch.ones(200, 3, 32, 32)
+    zeroed = (train.cutout(inputs) == 0).all(dim=1)
+    counts = zeroed.flatten(1).sum(1)
+    assert counts.max() == 64 and counts.min() >= 16  # clipped at the borders down to a 4x4 corner
+    rows, columns = zeroed.any(2), zeroed.any(1)
+    assert (rows.sum(1) * columns.sum(1) == counts).all()  # a rectangle
+
+
+def test_inputs_are_normalised_like_the_tutorials_transform():
+    images = torch.tensor([0, 51, 127, 255], dtype=torch.uint8).view(1, 1, 2, 2).expand(1, 3, 2, 2)
+    inputs = train.to_inputs(images, torch.channels_last)
+    assert inputs.is_contiguous(memory_format=torch.channels_last)
+    expected = (images.float() / 255 - 0.5) / 0.5
+    assert torch.allclose(inputs, expected, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 tensor cache
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_cifar_cache_is_reused_then_rebuilt_when_the_files_change(tmp_path):
+    write_cifar10(tmp_path, per_batch=20, test_size=30, seed=1)
+    first = cifar10(tmp_path, verify=False)
+    cache = tmp_path / CIFAR_CACHE_NAME
+    built = cache.stat().st_mtime_ns
+    assert first.train_images.shape == (100, 3, 32, 32) and first.test_labels.shape == (30,)
+
+    started = time.perf_counter()
+    again = cifar10(tmp_path, verify=False)
+    assert time.perf_counter() - started < 2
+    assert cache.stat().st_mtime_ns == built and torch.equal(again.train_images, first.train_images)
+
+    write_cifar10(tmp_path, per_batch=20, test_size=30, seed=2)
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    os.utime(batch, ns=(batch.stat().st_atime_ns, batch.stat().st_mtime_ns + 1_000_000))  # even on a coarse clock
+    changed = cifar10(tmp_path, verify=False)
+    assert cache.stat().st_mtime_ns != built
+    assert not torch.equal(changed.train_images, first.train_images)
+    assert torch.equal(cifar10(tmp_path, verify=False).train_images, changed.train_images)
