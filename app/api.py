@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import text
 
 from app import pages, queue
-from app.deps import EngineDep, SettingsDep, wants_html
+from app.deps import EngineDep, JobId, SettingsDep, wants_html
 from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint
 from app.settings import Settings
 
@@ -71,7 +71,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
-def read_job(job_id: int, request: Request, engine: EngineDep, settings: SettingsDep):
+def read_job(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep):
     """One job. A browser gets its page, anything else its JSON."""
     job = _get_job_or_404(engine, job_id)
     if wants_html(request):
@@ -81,7 +81,7 @@ def read_job(job_id: int, request: Request, engine: EngineDep, settings: Setting
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, tags=["jobs"])
 def read_job_metrics(
-    job_id: int, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
+    job_id: JobId, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
 ) -> list[MetricPoint]:
     """Every reported point: per epoch (evaluation) and per log_interval (train loss)."""
     _get_job_or_404(engine, job_id)
@@ -93,7 +93,7 @@ def read_job_metrics(
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])
 def read_job_log(
-    job_id: int, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
+    job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
 ) -> PlainTextResponse:
     """The output of the job's training process (the last `tail` bytes)."""
     _get_job_or_404(engine, job_id)
@@ -101,7 +101,7 @@ def read_job_log(
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])
-def download_artifact(job_id: int, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
+def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
     """A file the job produced. Only names listed on the job resolve."""
     job = _get_job_or_404(engine, job_id)
     if name not in {artifact["name"] for artifact in job.artifacts}:
@@ -113,7 +113,7 @@ def download_artifact(job_id: int, name: str, engine: EngineDep, settings: Setti
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
-def cancel_job(job_id: int, request: Request, engine: EngineDep):
+def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
     try:
         job = queue.request_cancel(engine, job_id)
@@ -130,7 +130,7 @@ def cancel_job(job_id: int, request: Request, engine: EngineDep):
     "/jobs/{job_id}/retry", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
     responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"],
 )
-def retry_job(job_id: int, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
+def retry_job(job_id: JobId, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     try:
         job = queue.retry(engine, job_id, max_attempts=settings.max_attempts)

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy import Engine
 
 from app.db import get_engine
@@ -27,3 +27,8 @@ def wants_html(request: Request) -> bool:
     """Browsers ask for text/html first; scripts and curl don't. A browser always gets a page."""
     accept = request.headers.get("accept", "")
     return "text/html" in accept
+
+
+# Ids fit a signed 64-bit column on every database; a larger one is simply not found.
+MAX_JOB_ID = 2**63 - 1
+JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id")]

@@ -23,7 +23,7 @@ from sqlmodel import Session, col
 
 from app import charts, queue
 from app.db import session_scope
-from app.deps import EngineDep, SettingsDep
+from app.deps import MAX_JOB_ID, EngineDep, JobId, SettingsDep
 from app.models import STATUSES, Job, JobCreate, JobMetric, JobPublic, as_utc, utcnow
 from app.settings import Settings
 
@@ -233,7 +233,7 @@ def _render_form(
 def new_job_form(
     request: Request,
     engine: EngineDep,
-    clone: Annotated[int | None, Query()] = None,
+    clone: Annotated[int | None, Query(ge=1, le=MAX_JOB_ID)] = None,
     preset: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
     if clone is None:
@@ -506,7 +506,7 @@ def render_job(request: Request, engine: Engine, settings: Settings, job: Job) -
 
 
 @router.get("/jobs/{job_id}/live", response_class=HTMLResponse)
-def job_live_fragment(job_id: int, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
+def job_live_fragment(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
     """The parts of a job's page that change while it runs; the page's script swaps them in."""
     try:
         job = queue.get_job(engine, job_id)
@@ -527,7 +527,7 @@ def _parse_ids(raw: list[str]) -> tuple[list[int], str | None]:
     for part in (piece.strip() for value in raw for piece in value.split(",")):
         if not part:
             continue
-        if not part.isdigit():
+        if not part.isdigit() or not 1 <= int(part) <= MAX_JOB_ID:
             return [], f"{part!r} is not a job id."
         if int(part) not in ids:
             ids.append(int(part))
