@@ -85,6 +85,14 @@ def _param_value(value: Any) -> str:
     return str(value)
 
 
+def _number(value: float | None, pattern: str) -> str:
+    """A metric as text; a missing one (a diverged run's NaN is stored as null) as a dash."""
+    if value is None:
+        return "\u2014"
+    return pattern.format(value) if "{" in pattern else pattern % value
+
+
+templates.env.filters["number"] = _number
 templates.env.filters["age"] = _age
 templates.env.filters["short_age"] = _short_age
 templates.env.filters["duration"] = _duration

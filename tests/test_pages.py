@@ -367,3 +367,19 @@ def test_compare_overlays_curves_and_highlights_differences(client, engine):
 def test_compare_refuses_what_it_cannot_show(client, query, status, message):
     submit(client, name="only")
     assert message in page(client, "/compare" + query, status)
+
+
+def test_a_diverged_job_with_missing_metrics_still_renders(client, engine):
+    first, second = submit(client, name="diverged"), submit(client, name="other")
+    claim = queue.claim(engine, "test-worker", 60)
+    missing = {"epoch": 1, "test_accuracy": 10.0, "test_loss": None, "train_loss": None,
+               "train_images_per_second": 800.0, "epoch_seconds": 3.0}
+    assert queue.record_progress(
+        engine, claim, progress={"epoch": 1, "epochs": 2, "batch": 4, "batches": 4}, metrics=missing,
+        points=[("train", 4, {"epoch": 1, "batch": 4, "train_loss": None}), ("epoch", 1, missing)],
+    )
+    html = page(client, f"/jobs/{first['id']}")
+    assert "\u2014" in html and "10.00%" in html
+    page(client, f"/jobs/{first['id']}/live")
+    page(client, "/")
+    page(client, f"/compare?ids={first['id']},{second['id']}")

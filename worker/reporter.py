@@ -4,6 +4,7 @@ The child never touches the database; its slot turns these events into fenced wr
 """
 
 import json
+import math
 import os
 from typing import Any
 
@@ -19,7 +20,7 @@ class Reporter:
         return cls(int(os.environ[REPORT_FD_ENV]))
 
     def _send(self, event: str, **fields: Any) -> None:
-        self._stream.write(json.dumps({"event": event, **fields}) + "\n")
+        self._stream.write(json.dumps(_finite({"event": event, **fields}), allow_nan=False) + "\n")
 
     def wandb(self, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None) -> None:
         self._send("wandb", mode=mode, url=url, run_id=run_id, run_dir=run_dir, note=note)
@@ -36,3 +37,14 @@ class Reporter:
 
     def close(self) -> None:
         self._stream.close()
+
+
+def _finite(value: Any) -> Any:
+    """A diverged run's NaN or infinite loss becomes null: JSON, and PostgreSQL's JSON type, have no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
