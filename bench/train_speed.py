@@ -222,26 +222,30 @@ def fmt(rates: list[float]) -> str:
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """key=value pairs, values typed like the preset's: --set compile=reduce-overhead --set lr=0.1."""
+    """FIELD=VALUE pairs typed like the field's default: --set compile=reduce-overhead --set lr=0.1."""
     known = resolve()
     overrides = {}
     for pair in pairs:
         key, _, raw = pair.partition("=")
         if key not in known:
             raise SystemExit(f"--set {pair}: unknown field {key!r}")
-        default = known[key]
-        if isinstance(default, bool):
-            value: Any = raw.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int) and raw.lstrip("-").isdigit():
-            value = int(raw)
-        elif isinstance(default, (int, float)):
-            value = float(raw)
-        elif raw.lower() in ("none", "null"):
-            value = None
-        else:
-            value = raw
-        overrides[key] = value
+        overrides[key] = typed(raw, known[key])
     return overrides
+
+
+def typed(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, (int, float, str)):
+        return type(default)(raw)
+    if raw.lower() in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 def main() -> None:

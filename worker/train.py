@@ -18,10 +18,12 @@ the fast94 preset that combines them (app/presets.py).
 Where the time goes: the whole data set sits on the training device as uint8 and every batch is
 gathered, augmented and normalised there, so there is no DataLoader and no per-image Python. The
 loop never waits for the device except every log_interval batches, when the train loss (summed
-on the device) is read. On this project's 2-core CPU the tutorial config runs at the tutorial
-loop's speed or better; on a GPU, where the tutorial's per-image PIL work is the bottleneck, the
-gain is what bench/train_speed.py measures (`python bench/train_speed.py --help`, and
-bench/gpu.sh for the GPU figures; BENCHMARKS.md has the numbers and the machine).
+on the device) is read. What that buys depends on the device. On this project's 2-core CPU the
+tutorial config trains about 1.1 times as fast as the tutorial's own loop: the convolutions are
+the same work in both, and the tutorial's per-image PIL work is only about a twentieth of a
+step. On a GPU that per-image work is the bottleneck, and small batches are bound by kernel
+launches (compile=reduce-overhead replays them as CUDA graphs). Measured with
+`python -m bench.train_speed` (CPU) and `bash bench/gpu.sh` (GPU); BENCHMARKS.md has the figures.
 """
 
 import math
