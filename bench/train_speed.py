@@ -9,8 +9,9 @@
 
 Both train the same epochs in alternating rounds so load on a shared machine hits them alike; the
 first epoch of every run is warm-up (cuDNN/oneDNN plans, compilation, DataLoader start) and left
-out, and images/s is the median of the other epochs. Only training is timed: the tutorial's
-evaluation is skipped here (its metrics are compared in tests/test_training.py).
+out. images/s is the median of the other epochs; the ratio is the median of the rounds' ratios.
+Only training is timed: the tutorial's evaluation is skipped here (its metrics are compared in
+tests/test_training.py).
 
 --wandb times (b) with W&B offline and wandb.watch as the job sets it against W&B disabled.
 --schedule runs (b) once for the preset's full schedule and reports its wall time.
@@ -166,35 +167,44 @@ def trainboard_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> Re
 
 
 def compare(data: ImageSet, params: dict[str, Any], device: torch.device, rounds: int, work_dir: Path) -> dict[str, float]:
-    """(a) and (b) in alternation; images/s of each is the median over the timed epochs of all rounds."""
+    """(a) and (b) in alternation. images/s of each: the median over the timed epochs of all rounds;
+    the ratio: the median of the rounds' ratios, each taken between runs seconds apart, so that
+    load from other processes mostly cancels out."""
     images = len(data.train_labels)
-    tutorial_rates, trainboard_rates = [], []
+    tutorial_rates, trainboard_rates, ratios = [], [], []
     for round_number in range(1, rounds + 1):
         tutorial = [images / epoch["train_seconds"] for epoch in tutorial_loop(data, params, device, evaluate=False)[1:]]
-        ours = [epoch["train_images_per_second"] for epoch in trainboard_run(data, params, work_dir).epochs[1:]]
+        ours = timed_rates(trainboard_run(data, params, work_dir))
         tutorial_rates += tutorial
         trainboard_rates += ours
-        print(f"  round {round_number}: tutorial {fmt(tutorial)}  trainboard {fmt(ours)} images/s", flush=True)
-    result = {"tutorial": statistics.median(tutorial_rates), "trainboard": statistics.median(trainboard_rates)}
-    result["ratio"] = result["trainboard"] / result["tutorial"]
-    return result
+        ratios.append(statistics.median(ours) / statistics.median(tutorial))
+        print(f"  round {round_number}: tutorial {fmt(tutorial)}, trainboard {fmt(ours)}, ratio {ratios[-1]:.2f}", flush=True)
+    return {
+        "tutorial": statistics.median(tutorial_rates),
+        "trainboard": statistics.median(trainboard_rates),
+        "ratio": statistics.median(ratios),
+    }
 
 
 def wandb_overhead(data: ImageSet, params: dict[str, Any], rounds: int, work_dir: Path) -> dict[str, float]:
-    """(b) with W&B offline (wandb.watch as the job sets it) against W&B disabled, alternating."""
+    """(b) with W&B offline (wandb.watch as the job sets it) against W&B disabled, alternating;
+    the overhead is one minus the median of the rounds' ratios."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    offline, disabled = [], []
+    offline_rates, disabled_rates, ratios = [], [], []
     for round_number in range(1, rounds + 1):
-        logged = trainboard_run(data, {**params, "wandb_mode": "offline"}, work_dir).epochs[1:]
-        plain = trainboard_run(data, {**params, "wandb_mode": "disabled"}, work_dir).epochs[1:]
-        offline += [epoch["train_images_per_second"] for epoch in logged]
-        disabled += [epoch["train_images_per_second"] for epoch in plain]
-        print(f"  round {round_number}: offline {fmt(offline[-len(logged):])}  disabled {fmt(disabled[-len(plain):])} images/s", flush=True)
+        offline = timed_rates(trainboard_run(data, {**params, "wandb_mode": "offline"}, work_dir))
+        disabled = timed_rates(trainboard_run(data, {**params, "wandb_mode": "disabled"}, work_dir))
+        offline_rates += offline
+        disabled_rates += disabled
+        ratios.append(statistics.median(offline) / statistics.median(disabled))
+        print(f"  round {round_number}: offline {fmt(offline)}, disabled {fmt(disabled)}, ratio {ratios[-1]:.3f}", flush=True)
     batches = -(-len(data.train_labels) // params["batch_size"]) * params["epochs"]
-    watch_logs = batches // params["wandb_watch_freq"] if params["wandb_watch"] != "off" else 0
-    result = {"offline": statistics.median(offline), "disabled": statistics.median(disabled), "watch_logs_per_run": watch_logs}
-    result["overhead"] = 1.0 - result["offline"] / result["disabled"]
-    return result
+    return {
+        "offline": statistics.median(offline_rates),
+        "disabled": statistics.median(disabled_rates),
+        "overhead": 1.0 - statistics.median(ratios),
+        "watch_logs_per_run": batches // params["wandb_watch_freq"] if params["wandb_watch"] != "off" else 0,
+    }
 
 
 def schedule(data: ImageSet, params: dict[str, Any], work_dir: Path) -> dict[str, float]:
@@ -210,6 +220,11 @@ def schedule(data: ImageSet, params: dict[str, Any], work_dir: Path) -> dict[str
         "train_images_per_second": statistics.median(epoch["train_images_per_second"] for epoch in epochs[1:] or epochs),
         "test_accuracy": epochs[-1]["test_accuracy"],
     }
+
+
+def timed_rates(recorder: Recorder) -> list[float]:
+    """train images/s of each epoch after the first."""
+    return [epoch["train_images_per_second"] for epoch in recorder.epochs[1:]]
 
 
 def fmt(rates: list[float]) -> str:
@@ -257,7 +272,7 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, help="training images per epoch (default: 512 on CPU, 50000 on CUDA)")
     parser.add_argument("--test-size", type=int, default=1000, help="test images (trainboard evaluates them every epoch)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per timed run; the first is warm-up (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each measurement (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of each measurement (default 5)")
     parser.add_argument("--data", choices=["synthetic", "cifar10"], default="synthetic")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TRAINBOARD_DATA_DIR", "var/data")))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="job field for (b)")
@@ -294,7 +309,8 @@ def main() -> None:
         f"{args.epochs} epochs per run (first excluded), {args.rounds} rounds",
         flush=True,
     )
-    tuned = {key: value for key, value in params.items() if value != resolve()[key] and key not in ("preset", "epochs", "dataset")}
+    defaults = resolve()
+    tuned = {key: value for key, value in params.items() if value != defaults[key] and key not in ("preset", "epochs", "dataset")}
     print(f"trainboard fields that differ from the tutorial's: {tuned or 'none'}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="trainboard-bench-") as work:
@@ -314,7 +330,8 @@ def main() -> None:
             except ImportError:
                 print("W&B overhead: skipped, wandb is not installed", flush=True)
             else:
-                print(f"W&B offline (watch {params['wandb_watch']} every {params['wandb_watch_freq']} batches) vs disabled", flush=True)
+                watch = f"watch {params['wandb_watch']} every {params['wandb_watch_freq']} batches"
+                print(f"W&B offline ({watch}) vs disabled", flush=True)
                 result = wandb_overhead(data, params, args.rounds, work_dir)
                 print(
                     f"W&B offline:  {result['offline']:.0f} images/s ({result['watch_logs_per_run']} watch logs per run)\n"

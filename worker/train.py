@@ -86,20 +86,19 @@ def run(
     if data is None:
         data = load(params["dataset"], data_dir, verify=cifar_verify)
     data = data.subset(params["train_subset"], params["test_subset"]).to(device)
+    epochs, batches = params["epochs"], -(-len(data.train_labels) // params["batch_size"])
     model = build_model(params["model"], pretrained=params["pretrained"])
-    training = Training(model, params, device, steps=params["epochs"] * batches_per_epoch(data, params["batch_size"]))
+    training = Training(model, params, device, steps=epochs * batches)
     print(
         f"trainboard: {params['model']} on {params['dataset']} ({len(data.train_labels)} train, "
-        f"{len(data.test_labels)} test images) on {device}, {str(training.precision).removeprefix('torch.')} "
-        f"autocast, compile {params['compile']}",
+        f"{len(data.test_labels)} test images) on {device}, precision {str(training.precision).removeprefix('torch.')}, "
+        f"compile {params['compile']}",
         flush=True,
     )
 
     tracker = Tracker.start(params, name=name, job_dir=job_dir, reporter=reporter)
     try:
         tracker.watch(model, log=params["wandb_watch"], log_freq=params["wandb_watch_freq"])
-        epochs = params["epochs"]
-        batches = batches_per_epoch(data, params["batch_size"])
         metrics: dict[str, Any] = {}
         for epoch in range(1, epochs + 1):
             # ---- Train -------------------------------------------------------------------------
@@ -135,10 +134,6 @@ def run(
         raise
     tracker.finish()
     reporter.result(metrics, [{"name": model_path.name, "size": model_path.stat().st_size}])
-
-
-def batches_per_epoch(data: ImageSet, batch_size: int) -> int:
-    return -(-len(data.train_labels) // batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +263,9 @@ class Training:
 # ---------------------------------------------------------------------------------------------
 
 
-def train_epoch(training: Training, data: ImageSet, params, epoch: int, batches: int, tracker: Tracker, reporter: Reporter) -> float:
+def train_epoch(
+    training: Training, data: ImageSet, params, epoch: int, batches: int, tracker: Tracker, reporter: Reporter
+) -> float:
     """One pass in a random order. Losses stay on the device until a log_interval boundary."""
     training.model.train()
     batch_size, log_interval = params["batch_size"], params["log_interval"]
@@ -300,7 +297,9 @@ def train_epoch(training: Training, data: ImageSet, params, epoch: int, batches:
 
 
 @torch.inference_mode()
-def evaluate(training: Training, data: ImageSet, batch_size: int, tta: str) -> tuple[float, float, list[tuple[numpy.ndarray, str]]]:
+def evaluate(
+    training: Training, data: ImageSet, batch_size: int, tta: str
+) -> tuple[float, float, list[tuple[numpy.ndarray, str]]]:
     """Accuracy in percent, unsmoothed cross-entropy averaged per sample, and the first image of
     each test batch. With flip TTA the logits of each image and its mirror are averaged."""
     model = training.model
