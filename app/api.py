@@ -15,10 +15,15 @@ router = APIRouter()
 
 NOT_FOUND = {404: {"description": "No job with this id"}}
 CONFLICT = {409: {"description": "The job is in a state that does not allow this; the detail names it"}}
+QUEUE_FULL = {429: {"description": "TRAINBOARD_MAX_QUEUED jobs are already waiting"}}
 
 
 def job_log_path(settings: Settings, job_id: int):
     return settings.job_dir(job_id) / "job.log"
+
+
+def queue_full(exc: "queue.QueueFull") -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": "30"})
 
 
 def _get_job_or_404(engine, job_id: int):
@@ -35,7 +40,7 @@ def healthz(engine: EngineDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, tags=["jobs"])
+@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=QUEUE_FULL, tags=["jobs"])
 def create_job(
     engine: EngineDep,
     settings: SettingsDep,
@@ -48,9 +53,13 @@ def create_job(
     })] = None,
 ) -> JobPublic:
     """Queue a training job. Every field is optional; defaults are the tutorial's config."""
-    job = queue.submit(
-        engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts
-    )
+    try:
+        job = queue.submit(
+            engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode,
+            max_attempts=settings.max_attempts, max_queued=settings.max_queued,
+        )
+    except queue.QueueFull as exc:
+        raise queue_full(exc) from None
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
 
@@ -128,12 +137,14 @@ def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
 
 @router.post(
     "/jobs/{job_id}/retry", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-    responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"],
+    responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL}, tags=["jobs"],
 )
 def retry_job(job_id: JobId, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     try:
-        job = queue.retry(engine, job_id, max_attempts=settings.max_attempts)
+        job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
+    except queue.QueueFull as exc:
+        raise queue_full(exc) from None
     except queue.JobNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except queue.JobStateConflict as exc:

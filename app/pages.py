@@ -224,8 +224,10 @@ def _render_form(
     status_code: int = 200,
     clone_of: Job | None = None,
     missing_clone: int | None = None,
+    refusal: str | None = None,
 ) -> HTMLResponse:
     context = {
+        "refusal": refusal,
         "fields": form_fields(),
         "presets": form_presets(),
         "preset_help": JobCreate.model_fields[PRESET_FIELD].description if PRESET_FIELD in JobCreate.model_fields else "",
@@ -256,6 +258,10 @@ def new_job_form(
     return _render_form(request, _form_values({**original.params, "name": None}), {}, clone_of=original)
 
 
+def _submitted_values(form: dict[str, str]) -> dict[str, str]:
+    return {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields())]}
+
+
 @router.post("/jobs/new", response_class=HTMLResponse)
 async def submit_job_form(request: Request, engine: EngineDep, settings: SettingsDep):
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
@@ -263,9 +269,14 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
         params = JobCreate.model_validate(parse_form(form))
     except ValidationError as exc:
         errors = {str(error["loc"][0]): error["msg"] for error in exc.errors() if error["loc"]}
-        values = {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields())]}
-        return _render_form(request, values, errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
-    job = queue.submit(engine, params, default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts)
+        return _render_form(request, _submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
+    try:
+        job = queue.submit(
+            engine, params, default_wandb_mode=settings.wandb_mode,
+            max_attempts=settings.max_attempts, max_queued=settings.max_queued,
+        )
+    except queue.QueueFull as exc:
+        return _render_form(request, _submitted_values(form), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc))
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

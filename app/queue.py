@@ -32,6 +32,12 @@ class JobNotFound(LookupError):
         self.job_id = job_id
 
 
+class QueueFull(RuntimeError):
+    def __init__(self, limit: int):
+        super().__init__(f"{limit} jobs are already queued (TRAINBOARD_MAX_QUEUED); submit again when some have started")
+        self.limit = limit
+
+
 class JobStateConflict(RuntimeError):
     def __init__(self, job_id: int, status: str, action: str):
         super().__init__(f"job {job_id} is {status}; cannot {action} it")
@@ -57,10 +63,18 @@ RenewOutcome = Literal["ok", "cancel", "lost"]
 # ---------------------------------------------------------------------------------------------
 
 
-def submit(engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_attempts: int, retry_of: int | None = None) -> Job:
+def submit(
+    engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_attempts: int,
+    max_queued: int | None = None, retry_of: int | None = None,
+) -> Job:
+    """Queue a job. With max_queued, refuse (QueueFull) while that many jobs wait already."""
     values = params.model_dump(mode="json")
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
     with session_scope(engine) as session:
+        if max_queued is not None:
+            waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+            if waiting >= max_queued:
+                raise QueueFull(max_queued)
         job = Job(name=values["name"] or "", params=values, max_attempts=max_attempts, retry_of=retry_of)
         session.add(job)
         session.flush()
@@ -70,6 +84,7 @@ def submit(engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_at
         _notify(session)
         session.commit()
         session.refresh(job)
+    log.info("job %d queued", job.id, extra={"job_id": job.id})
     return job
 
 
@@ -287,13 +302,16 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
     return job
 
 
-def retry(engine: Engine, job_id: int, *, max_attempts: int) -> Job:
+def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | None = None) -> Job:
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     original = get_job(engine, job_id)
     if original.status not in ("failed", "cancelled"):
         raise JobStateConflict(job_id, original.status, "retry")
     params = JobCreate.model_validate({**original.params, "name": original.name})
-    return submit(engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts, retry_of=job_id)
+    return submit(
+        engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
+        max_queued=max_queued, retry_of=job_id,
+    )
 
 
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:

@@ -193,3 +193,18 @@ def test_migrations_keep_jobs_across_restarts(settings):
         job = client.post("/jobs", json={"name": "survivor"}).json()
     with TestClient(create_app(settings)) as client:
         assert client.get(f"/jobs/{job['id']}").json()["name"] == "survivor"
+
+
+def test_a_full_queue_refuses_new_jobs_with_429(tmp_path: Path):
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'cap.db'}", max_queued=2, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/jobs", json={}).json()
+        client.post("/jobs", json={})
+        refused = client.post("/jobs", json={"name": "third"})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+        assert "TRAINBOARD_MAX_QUEUED" in refused.json()["detail"]
+        form = client.post("/jobs/new", data={"name": "from-the-form", "epochs": "2"})
+        assert form.status_code == 429 and 'id="form-refusal"' in form.text and 'value="from-the-form"' in form.text
+        assert client.get("/jobs").json()["total"] == 2
+        client.post(f"/jobs/{first['id']}/cancel")
+        assert client.post("/jobs", json={"name": "third"}).status_code == 201

@@ -1,5 +1,6 @@
 """`trainboard submit | status | cancel` and GET /metrics against a real app and worker."""
 
+import json
 import subprocess
 import sys
 
@@ -30,8 +31,8 @@ def samples(stack) -> dict[tuple[str, tuple], float]:
     }
 
 
-def test_submit_wait_status_cancel_and_metrics(make_stack):
-    stack = make_stack()
+def test_submit_wait_status_cancel_and_metrics(make_stack, tmp_path):
+    stack = make_stack(TRAINBOARD_LOG_FORMAT="json")
     stack.serve()
     before = samples(stack)
     assert before[("trainboard_jobs", (("status", "succeeded"),))] == 0
@@ -76,3 +77,14 @@ def test_submit_wait_status_cancel_and_metrics(make_stack):
     assert trainboard(stack, "cancel", job_id).returncode == 2  # 409: already cancelled
     assert trainboard(stack, "status", "999").returncode == 2
     assert samples(stack)[("trainboard_job_outcomes_total", (("status", "cancelled"),))] == 1
+
+    # Structured logs: one JSON object per line from both processes; a job's lines carry its id.
+    events = {}
+    for name in ("serve-0.log", "worker-1.log"):
+        lines = (tmp_path / name).read_text().splitlines()
+        assert lines, name
+        events[name] = [json.loads(line) for line in lines]
+    assert any(e.get("job_id") == 1 and e["message"] == "job 1 queued" for e in events["serve-0.log"])
+    job_lines = [e for e in events["worker-1.log"] if e.get("job_id") == 1]
+    assert any("succeeded" in e["message"] for e in job_lines)
+    assert all(e["attempt"] == 1 and e["worker_id"] for e in job_lines)

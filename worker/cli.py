@@ -2,44 +2,21 @@
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
 
 from app.db import get_engine, migrate
 from app.settings import get_settings
+from worker.gpus import Nvml, visible_gpus
 from worker.supervisor import Slot, Supervisor
 
 log = logging.getLogger("trainboard.worker")
 
 
-def visible_gpus() -> list[tuple[int, str]]:
-    """(index, name) of the GPUs this process may use, without creating a CUDA context."""
-    # CUDA numbers GPUs fastest first, nvidia-smi by PCI bus. One numbering for both, inherited by
-    # the children, so a slot's index, its GPU's name and its CUDA_VISIBLE_DEVICES name one card.
-    os.environ.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-    import torch
-
-    count = torch.cuda.device_count()
-    names: list[str] = []
-    if count and shutil.which("nvidia-smi"):
-        try:
-            output = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
-            ).stdout
-            names = [line.strip() for line in output.splitlines() if line.strip()]
-        except (OSError, subprocess.SubprocessError):
-            names = []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    indices = [int(i) for i in visible.split(",") if i.strip().isdigit()] if visible else list(range(count))
-    return [(i, names[i] if i < len(names) else f"GPU {i}") for i in indices[:count]]
-
-
-def make_slots(gpus: str) -> list[Slot]:
+def make_slots(gpus: str, nvml: Nvml) -> list[Slot]:
     """all: a slot per visible GPU (one CPU slot without any); none: one CPU slot; 0,1: those GPUs."""
     if gpus == "none":
         return [Slot(0, "cpu")]
-    available = dict(visible_gpus())
+    available = {gpu.index: gpu.name for gpu in visible_gpus(nvml)}
     if gpus == "all":
         chosen = list(available)
     else:
@@ -65,7 +42,8 @@ def run_worker(gpus: str) -> None:
         )
     engine = get_engine(settings.database_url)
     migrate(engine)
-    supervisor = Supervisor(settings, engine, make_slots(gpus))
+    nvml = Nvml()
+    supervisor = Supervisor(settings, engine, make_slots(gpus, nvml), nvml)
 
     def on_signal(signum, _frame):
         if supervisor.stopping.is_set():

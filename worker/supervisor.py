@@ -29,6 +29,7 @@ from app import queue
 from app.models import Worker
 from app.settings import Settings
 from worker.child import PARENT_PID_ENV
+from worker.gpus import Nvml
 from worker.reporter import REPORT_FD_ENV
 
 log = logging.getLogger("trainboard.worker")
@@ -53,8 +54,12 @@ class Slot:
     def cuda_visible_devices(self) -> str:
         return self.device.removeprefix("cuda:") if self.device.startswith("cuda:") else ""
 
-    def public(self) -> dict[str, Any]:
-        return {"index": self.index, "device": self.device, "gpu_name": self.gpu_name, "job_id": self.job_id}
+    def public(self, nvml: Nvml | None = None) -> dict[str, Any]:
+        """What the workers table shows; with NVML, the GPU's utilisation and memory too."""
+        record = {"index": self.index, "device": self.device, "gpu_name": self.gpu_name, "job_id": self.job_id}
+        if nvml is not None and self.device.startswith("cuda:"):
+            record["gpu"] = nvml.sample(int(self.cuda_visible_devices))
+        return record
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -62,10 +67,11 @@ class DatabaseUnavailable(RuntimeError):
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, engine: Engine, slots: list[Slot]):
+    def __init__(self, settings: Settings, engine: Engine, slots: list[Slot], nvml: Nvml | None = None):
         self.settings = settings
         self.engine = engine
         self.slots = slots
+        self.nvml = nvml
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
 
@@ -73,7 +79,7 @@ class Supervisor:
 
     def run(self) -> None:
         queue.register_worker(self.engine, Worker(
-            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), slots=[s.public() for s in self.slots]
+            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), slots=[s.public(self.nvml) for s in self.slots]
         ))
         log.info("worker %s started with %d slot(s): %s", self.worker_id, len(self.slots),
                  ", ".join(s.device for s in self.slots))
@@ -82,7 +88,7 @@ class Supervisor:
             thread.start()
         while any(thread.is_alive() for thread in threads):
             try:
-                queue.worker_heartbeat(self.engine, self.worker_id, [s.public() for s in self.slots])
+                queue.worker_heartbeat(self.engine, self.worker_id, [s.public(self.nvml) for s in self.slots])
                 reaped = queue.reap_expired(self.engine)
                 if reaped:
                     log.warning("requeued or ended %d job(s) whose worker stopped heartbeating", reaped)
@@ -90,7 +96,7 @@ class Supervisor:
                 log.warning("database unavailable for the worker heartbeat: %s", _first_line(exc))
             for thread in threads:
                 thread.join(timeout=self.settings.heartbeat_seconds / len(threads))
-        self._quietly(lambda: queue.worker_heartbeat(self.engine, self.worker_id, [s.public() for s in self.slots], stopped=True))
+        self._quietly(lambda: queue.worker_heartbeat(self.engine, self.worker_id, [s.public(self.nvml) for s in self.slots], stopped=True))
         log.info("worker %s stopped", self.worker_id)
 
     def stop(self) -> None:
@@ -162,6 +168,10 @@ class JobRun:
         self.engine = supervisor.engine
         self.slot = slot
         self.claim = claim
+        # Every line about this attempt carries its ids (fields of their own in JSON logs).
+        self.log = logging.LoggerAdapter(log, {
+            "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": supervisor.worker_id, "slot": slot.index,
+        })
         self.job_dir = self.settings.job_dir(claim.job_id).resolve()
         self.log_path = self.job_dir / "job.log"
         self.reports = _Reports()
@@ -172,25 +182,25 @@ class JobRun:
         if self.supervisor.stopping.is_set():
             self._release()  # claimed just as the worker began to stop: no child to start
             return
-        log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
+        self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
         self.job_dir.mkdir(parents=True, exist_ok=True)
         events: Queue[dict[str, Any] | None] = Queue()
         child = self._spawn(events)
         ending = self._supervise(child, events)
         if ending == "lost":
-            log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
+            self.log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
         elif ending == "stop":
             self._release()
         elif ending == "cancel":
             self._flush()
             self._write(lambda: queue.finish(self.engine, self.claim, "cancelled", error="cancelled by request"))
-            log.info("job %d cancelled", self.claim.job_id)
+            self.log.info("job %d cancelled", self.claim.job_id)
         else:
             self._finish(child.returncode)
 
     def _release(self) -> None:
         if self._write(lambda: queue.release(self.engine, self.claim)):
-            log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
+            self.log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
 
     # ---- The child ------------------------------------------------------------------------------
 
@@ -327,11 +337,11 @@ class JobRun:
             self._write(lambda: queue.finish(
                 self.engine, self.claim, "succeeded", metrics=result["metrics"], artifacts=result["artifacts"]
             ))
-            log.info("job %d succeeded", self.claim.job_id)
+            self.log.info("job %d succeeded", self.claim.job_id)
             return
         reason = self.reports.error or self._exit_reason(returncode)
         self._write(lambda: queue.finish(self.engine, self.claim, "failed", error=reason))
-        log.info("job %d failed: %s", self.claim.job_id, reason)
+        self.log.info("job %d failed: %s", self.claim.job_id, reason)
 
     def _exit_reason(self, returncode: int) -> str:
         if returncode < 0:
