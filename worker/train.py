@@ -19,9 +19,9 @@ Where the time goes: the whole data set sits on the training device as uint8 and
 gathered, augmented and normalised there, so there is no DataLoader and no per-image Python. The
 loop never waits for the device except every log_interval batches, when the train loss (summed
 on the device) is read. What that buys depends on the device. On this project's 2-core CPU the
-tutorial config trains about 1.1 times as fast as the tutorial's own loop: the convolutions are
-the same work in both, and the tutorial's per-image PIL work is only about a twentieth of a
-step. On a GPU that per-image work is the bottleneck, and small batches are bound by kernel
+tutorial config trains only 1.02 to 1.10 times as fast as the tutorial's own loop: the
+convolutions are the same work in both and take about 95% of a step there, and the tutorial's
+per-image PIL work (about 70 us an image) is the rest. On a GPU that per-image work is the bottleneck, and small batches are bound by kernel
 launches (compile=reduce-overhead replays them as CUDA graphs). Measured with
 `python -m bench.train_speed` (CPU) and `bash bench/gpu.sh` (GPU); BENCHMARKS.md has the figures.
 """
