@@ -3,7 +3,7 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from sqlalchemy import text
 
 from app import pages, queue
@@ -22,15 +22,15 @@ def job_log_path(settings: Settings, job_id: int):
     return settings.job_dir(job_id) / "job.log"
 
 
-def queue_full(exc: "queue.QueueFull") -> HTTPException:
-    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc), headers={"Retry-After": "30"})
+async def queue_refusal(_request: Request, exc: Exception) -> JSONResponse:
+    """The queue's refusals as HTTP answers: unknown job 404, wrong state 409, full queue 429."""
+    if isinstance(exc, queue.QueueFull):
+        return JSONResponse({"detail": str(exc)}, status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": "30"})
+    code = status.HTTP_404_NOT_FOUND if isinstance(exc, queue.JobNotFound) else status.HTTP_409_CONFLICT
+    return JSONResponse({"detail": str(exc)}, code)
 
 
-def _get_job_or_404(engine, job_id: int):
-    try:
-        return queue.get_job(engine, job_id)
-    except queue.JobNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+QUEUE_REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull)
 
 
 @router.get("/healthz", tags=["health"])
@@ -53,13 +53,10 @@ def create_job(
     })] = None,
 ) -> JobPublic:
     """Queue a training job. Every field is optional; defaults are the tutorial's config."""
-    try:
-        job = queue.submit(
-            engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode,
-            max_attempts=settings.max_attempts, max_queued=settings.max_queued,
-        )
-    except queue.QueueFull as exc:
-        raise queue_full(exc) from None
+    job = queue.submit(
+        engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode,
+        max_attempts=settings.max_attempts, max_queued=settings.max_queued,
+    )
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
 
@@ -82,7 +79,7 @@ def list_jobs(
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
 def read_job(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep):
     """One job. A browser gets its page, anything else its JSON."""
-    job = _get_job_or_404(engine, job_id)
+    job = queue.get_job(engine, job_id)
     if wants_html(request):
         return pages.render_job(request, engine, settings, job)
     return JobPublic.from_job(job)
@@ -93,7 +90,7 @@ def read_job_metrics(
     job_id: JobId, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
 ) -> list[MetricPoint]:
     """Every reported point: per epoch (evaluation) and per log_interval (train loss)."""
-    _get_job_or_404(engine, job_id)
+    queue.get_job(engine, job_id)  # an unknown job is a 404
     return [
         MetricPoint(attempt=m.attempt, kind=m.kind, step=m.step, values=m.values)
         for m in queue.job_metrics(engine, job_id, kind)
@@ -105,14 +102,14 @@ def read_job_log(
     job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
 ) -> PlainTextResponse:
     """The output of the job's training process (the last `tail` bytes)."""
-    _get_job_or_404(engine, job_id)
+    queue.get_job(engine, job_id)  # an unknown job is a 404
     return PlainTextResponse(pages.read_tail(job_log_path(settings, job_id), tail))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])
 def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
     """A file the job produced. Only names listed on the job resolve."""
-    job = _get_job_or_404(engine, job_id)
+    job = queue.get_job(engine, job_id)
     if name not in {artifact["name"] for artifact in job.artifacts}:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact named {name!r}")
     path = settings.job_dir(job_id) / name
@@ -124,12 +121,7 @@ def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: Set
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
 def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
-    try:
-        job = queue.request_cancel(engine, job_id)
-    except queue.JobNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except queue.JobStateConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    job = queue.request_cancel(engine, job_id)
     if wants_html(request):
         return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
     return JobPublic.from_job(job)
@@ -141,14 +133,7 @@ def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
 )
 def retry_job(job_id: JobId, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
-    try:
-        job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
-    except queue.QueueFull as exc:
-        raise queue_full(exc) from None
-    except queue.JobNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except queue.JobStateConflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
     if wants_html(request):
         return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
     response.headers["Location"] = f"/jobs/{job.id}"

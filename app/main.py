@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or get_settings()
     app.exception_handler(RequestValidationError)(validation_error)
+    for refusal in api.QUEUE_REFUSALS:
+        app.exception_handler(refusal)(api.queue_refusal)
     app.mount("/static", StaticFiles(directory=pages.TEMPLATES_DIR / "static"), name="static")
     app.middleware("http")(security.guard)
     app.add_middleware(security.BodyLimit)

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import FINISHED_STATUSES, Job, JobCreate, JobMetric, Worker, utcnow
+from app.models import Job, JobCreate, JobMetric, Worker, utcnow
 
 log = logging.getLogger("trainboard.queue")
 

@@ -18,7 +18,11 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from fastapi.testclient import TestClient
+
 from app.db import make_engine, migrate
+from app.main import create_app
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TRAINBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -81,6 +85,25 @@ def engine(database_url: str) -> Iterator[Engine]:
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """An app's settings on a SQLite file of the test's own."""
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'app.db'}",
+        artifacts_dir=tmp_path / "artifacts",
+        data_dir=tmp_path / "data",
+        wandb_mode="offline",
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app in-process (migrations run at start-up), on that file."""
+    with TestClient(create_app(settings)) as client:
+        yield client
 
 
 # ---------------------------------------------------------------------------------------------

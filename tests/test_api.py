@@ -16,23 +16,6 @@ TUTORIAL_DEFAULTS = {
 }
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'api.db'}",
-        artifacts_dir=tmp_path / "artifacts",
-        data_dir=tmp_path / "data",
-        wandb_mode="offline",
-        _env_file=None,
-    )
-
-
-@pytest.fixture
-def client(settings: Settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
-
-
 def job_count(client: TestClient) -> int:
     return client.get("/jobs").json()["total"]
 

@@ -3,34 +3,15 @@ page and its live fragment, the form (clone), and the compare page. Jobs get the
 metrics through the queue functions a worker uses."""
 
 import re
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app import pages, queue
 from app.db import get_engine
-from app.main import create_app
 from app.settings import Settings
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'pages.db'}",
-        artifacts_dir=tmp_path / "artifacts",
-        data_dir=tmp_path / "data",
-        wandb_mode="offline",
-        _env_file=None,
-    )
-
-
-@pytest.fixture
-def client(settings: Settings):
-    with TestClient(create_app(settings)) as client:
-        yield client
 
 
 @pytest.fixture
