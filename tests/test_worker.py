@@ -221,3 +221,26 @@ def test_a_child_that_dies_without_a_result_fails_its_job_with_the_signal_and_it
         assert worker.poll() is None  # the worker carries on
     finally:
         engine.dispose()
+
+
+def test_the_training_child_gets_only_the_environment_it_needs(sqlite_url: str, make_stack, tmp_path: Path):
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    stack = make_stack(
+        database_url=sqlite_url, TRAINBOARD_TOKEN="worker-side-token-0123456789", UNRELATED_SECRET="s3cret",
+        WANDB_ENTITY="team-x", **FAST_LEASES,
+    )
+    job = submit(engine, epochs=50)
+    stack.worker()
+    wait_training(engine, job.id, stack)
+    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    environment = dict(
+        entry.split("=", 1) for entry in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in entry
+    )
+    queue.request_cancel(engine, job.id)
+    assert "TRAINBOARD_DATABASE_URL" not in environment and "TRAINBOARD_TOKEN" not in environment
+    assert "UNRELATED_SECRET" not in environment
+    assert environment["WANDB_ENTITY"] == "team-x" and environment["PATH"]
+    assert environment["CUDA_VISIBLE_DEVICES"] == ""  # a CPU slot hides any GPU from its child
+    assert wait_finished(engine, job.id, stack).status == "cancelled"
+    engine.dispose()

@@ -39,8 +39,24 @@ PROGRESS_FLUSH_SECONDS = 1.0
 # How long the reports of an exited child may lag behind its exit (a grandchild holding the pipe).
 REPORTS_DRAIN_SECONDS = 5.0
 LOG_TAIL_LINES = 5
-# The child needs neither the database nor the dashboard's secrets.
-WITHHELD_FROM_CHILD = ("TRAINBOARD_DATABASE_URL", "TRAINBOARD_TOKEN")
+# What a training child may inherit: the system's basics, the GPU stack, threading knobs, proxies
+# and certificates for W&B, and W&B's own settings. Nothing else: not the database URL, not the
+# dashboard's token, not unrelated secrets of the worker's environment.
+CHILD_ENVIRONMENT_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR", "TERM", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+})
+CHILD_ENVIRONMENT_PREFIXES = ("LC_", "XDG_", "PYTHON", "CUDA", "NVIDIA_", "NCCL_", "CUBLAS", "CUDNN", "TORCH", "WANDB_")
+
+
+def child_environment(parent: dict[str, str]) -> dict[str, str]:
+    return {
+        name: value for name, value in parent.items()
+        if name in CHILD_ENVIRONMENT_NAMES or name.startswith(CHILD_ENVIRONMENT_PREFIXES)
+    }
 
 
 @dataclass
@@ -206,7 +222,7 @@ class JobRun:
 
     def _spawn(self, events: Queue) -> subprocess.Popen:
         read_fd, write_fd = os.pipe()
-        env = {key: value for key, value in os.environ.items() if key not in WITHHELD_FROM_CHILD}
+        env = child_environment(dict(os.environ))
         env.update({
             REPORT_FD_ENV: str(write_fd),
             PARENT_PID_ENV: str(os.getpid()),
