@@ -118,6 +118,16 @@ def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: Set
     return FileResponse(path, filename=name, media_type="application/octet-stream")
 
 
+@router.get("/jobs/{job_id}/examples/{name}", responses=NOT_FOUND, tags=["jobs"])
+def download_example(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
+    """One of the last evaluated epoch's example predictions (PNG). Only names it lists resolve."""
+    queue.get_job(engine, job_id)  # an unknown job is a 404
+    examples = pages.read_examples(settings, job_id) or {"examples": []}
+    if name not in {example["file"] for example in examples["examples"]}:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no example named {name!r}")
+    return FileResponse(settings.job_dir(job_id) / pages.EXAMPLES_DIR / name, media_type="image/png")
+
+
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
 def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""

@@ -33,6 +33,7 @@ router = APIRouter(include_in_schema=False)
 
 LIST_COLUMNS = ("lr", "batch_size", "epochs", "model", "dataset")
 LOG_TAIL_BYTES = 20_000
+EXAMPLES_DIR = "examples"  # in the job's folder, written by worker/train.py's save_examples
 COMPARE_MIN, COMPARE_MAX = 2, 10
 # How often the job page asks for its live fragment while the job is queued or running.
 LIVE_INTERVAL_MS = 2000
@@ -503,6 +504,15 @@ def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple]]]]) -> li
     return drawn
 
 
+def read_examples(settings: Settings, job_id: int) -> dict[str, Any] | None:
+    """The last evaluated epoch's "Examples": {"epoch", "examples": [{"file", "caption"}]}, or None."""
+    try:
+        manifest = json.loads((settings.job_dir(job_id) / EXAMPLES_DIR / "examples.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return manifest if manifest.get("examples") else None
+
+
 def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
     public = JobPublic.from_job(job)
     points = metric_points(engine, [job])[job.id]
@@ -515,6 +525,7 @@ def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]
         "progress": progress_view(public),
         "epochs": [values for _, values in points["epoch"]],
         "charts": draw_charts([(job.name, points)]),
+        "examples": read_examples(settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
     }

@@ -1,6 +1,7 @@
 """End to end with real processes: `trainboard serve` and `trainboard worker` on a SQLite file,
 a data set in the CIFAR-10 python format, W&B offline."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,12 @@ def test_failed_job_then_cifar10_job_succeeds(make_stack, tmp_path: Path):
 
     page = stack.client.get(f"/jobs/{good['id']}", headers={"Accept": "text/html"}).text
     assert "e2e-cifar" in page and "succeeded" in page and run_dir.name in page
+    # The last epoch's example predictions, as the tutorial's W&B "Examples": first image of each test batch.
+    captions = re.findall(r"<figcaption>(Pred:\w+ Truth:\w+)</figcaption>", page)
+    assert len(captions) == 400 // SMOKE_PARAMS["test_batch_size"]
+    image = stack.client.get(re.search(r'src="(/jobs/\d+/examples/[^"?]+)', page).group(1))
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    assert stack.client.get(f"/jobs/{good['id']}/examples/..%2Fmodel.pth").status_code == 404
     listing = stack.client.get("/", headers={"Accept": "text/html"}).text
     assert "needs-weights" in listing and "e2e-cifar" in listing
 

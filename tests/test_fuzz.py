@@ -36,10 +36,14 @@ def test_every_operation_conforms_to_the_schema(api_schema):
     operations = [result.ok() for result in api_schema.get_all_operations()]
     assert len(operations) >= 8
     for operation in operations:
+        # Some job fields have rules that span fields (nesterov needs a momentum above 0, and a
+        # preset sets nesterov), which a JSON schema cannot state: their 422s are right.
+        cross_field = operation.method.upper() == "POST" and operation.path == "/jobs"
+        excluded = [schemathesis.checks.positive_data_acceptance] if cross_field else []
 
         @given(case=operation.as_strategy())
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def conforms(case):
-            case.call_and_validate(headers=AUTH)
+            case.call_and_validate(headers=AUTH, excluded_checks=excluded)
 
         conforms()

@@ -161,7 +161,7 @@ def test_live_fragment_is_the_changing_part_of_the_page(client, engine):
     assert '<span id="live-state" data-active="true" data-title="fragment (running) · trainboard" hidden>' in fragment.text
     top_level_ids = re.findall(r'^<\w+ id="([\w-]+)"', fragment.text, re.M)
     assert top_level_ids == [
-        "live-state", "job-header", "problems", "summary", "charts", "artifacts-section",
+        "live-state", "job-header", "problems", "summary", "charts", "examples-section", "artifacts-section",
         "epochs-section", "params-section", "log-section",
     ]
     full = page(client, "/jobs/1")

@@ -26,6 +26,7 @@ launches (compile=reduce-overhead replays them as CUDA graphs). Measured with
 `python -m bench.train_speed` (CPU) and `bash bench/gpu.sh` (GPU); BENCHMARKS.md has the figures.
 """
 
+import json
 import math
 import os
 import random
@@ -36,6 +37,7 @@ from typing import Any
 import numpy
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from worker.data import ImageSet, load
 from worker.nets import build_model
@@ -43,6 +45,7 @@ from worker.reporter import Reporter
 from worker.tracking import Tracker
 
 MAX_EXAMPLES = 64
+EXAMPLES_DIR = "examples"  # in the job's folder; the dashboard reads it (app/pages.py)
 CROP_PADDING = 4
 CUTOUT_SIZE = 8
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,6 +114,7 @@ def run(
             # ---- Evaluate ----------------------------------------------------------------------
             accuracy, test_loss, examples = evaluate(training, data, params["test_batch_size"], params["tta"])
             tracker.log_epoch(epoch, accuracy, test_loss, examples)
+            save_examples(job_dir, epoch, examples)
             metrics = {
                 "epoch": epoch,
                 "test_accuracy": accuracy,
@@ -325,6 +329,25 @@ def evaluate(
         for image, pred, truth in firsts
     ]
     return 100.0 * correct.item() / count, total_loss.item() / count, examples
+
+
+def save_examples(job_dir: Path, epoch: int, examples: list[tuple[numpy.ndarray, str]]) -> None:
+    """The epoch's "Examples" for the dashboard: PNGs, then a manifest naming them and their captions.
+
+    Each file is written under a temporary name and renamed, and the manifest last, so a page
+    never shows a half-written image or a caption for an image that is not there yet.
+    """
+    folder = job_dir / EXAMPLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for index, (image, caption) in enumerate(examples):
+        name = f"{index:02d}.png"
+        Image.fromarray(image).save(folder / f"{name}.partial", format="PNG")
+        os.replace(folder / f"{name}.partial", folder / name)
+        entries.append({"file": name, "caption": caption})
+    manifest = folder / "examples.json.partial"
+    manifest.write_text(json.dumps({"epoch": epoch, "examples": entries}))
+    os.replace(manifest, folder / "examples.json")
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:
