@@ -7,15 +7,17 @@ synthetic ones that run long enough to be interrupted.
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 from app import queue
 from app.db import make_engine, migrate
 from app.models import Job, JobCreate
-from tests.conftest import wait_for
+from tests.conftest import POSTGRES_URL, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -243,4 +245,34 @@ def test_the_training_child_gets_only_the_environment_it_needs(sqlite_url: str, 
     assert environment["WANDB_ENTITY"] == "team-x" and environment["PATH"]
     assert environment["CUDA_VISIBLE_DEVICES"] == ""  # a CPU slot hides any GPU from its child
     assert wait_finished(engine, job.id, stack).status == "cancelled"
+    engine.dispose()
+
+
+def test_a_worker_rides_out_dropped_database_connections(postgres_url: str, make_stack, tmp_path: Path):
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    stack = make_stack(database_url=postgres_url, **{**FAST_LEASES, "TRAINBOARD_LEASE_SECONDS": "15"})
+    job = submit(engine, epochs=4)
+    worker = stack.worker()
+    wait_training(engine, job.id, stack)
+
+    # For three seconds, PostgreSQL drops every connection to the test's database as it appears:
+    # heartbeats, progress writes and the LISTEN connection all fail and must be retried.
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    terminate = text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
+    )
+    dropped = 0
+    deadline = time.monotonic() + 3
+    with admin.connect() as connection:
+        while time.monotonic() < deadline:
+            dropped += connection.execute(terminate, {"name": make_url(postgres_url).database}).scalar_one()
+            time.sleep(0.05)
+    admin.dispose()
+    assert dropped > 0
+
+    done = wait_finished(engine, job.id, stack)
+    assert done.status == "succeeded", done.error
+    assert worker.poll() is None, stack.logs()
+    assert "database unavailable" in stack.logs()
     engine.dispose()
