@@ -276,3 +276,23 @@ def test_a_worker_rides_out_dropped_database_connections(postgres_url: str, make
     assert worker.poll() is None, stack.logs()
     assert "database unavailable" in stack.logs()
     engine.dispose()
+
+
+def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(sqlite_url: str, make_stack, tmp_path: Path):
+    engine = make_engine(sqlite_url)
+    migrate(engine)
+    # A long grace, so only the second signal can explain a quick exit.
+    stack = make_stack(database_url=sqlite_url, **{**FAST_LEASES, "TRAINBOARD_CANCEL_GRACE_SECONDS": "60"})
+    job = submit(engine, epochs=100)
+    worker = stack.worker()
+    wait_training(engine, job.id, stack)
+    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    # The child ignores the worker's polite SIGTERM, as a training step stuck in a kernel would.
+    os.kill(child, signal.SIGSTOP)
+
+    worker.send_signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in stack.logs(), 10, message="the worker to start stopping")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 128 + signal.SIGTERM
+    wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
+    engine.dispose()
