@@ -39,7 +39,7 @@ TINY_JOB = {
     "train_subset": "256",
     "test_subset": "128",
     "batch_size": "32",
-    "test_batch_size": "128",
+    "test_batch_size": "32",
     "log_interval": "2",
     "wandb_mode": "offline",
 }
@@ -142,6 +142,14 @@ def test_submit_watch_live_clone_and_compare(make_stack, page, screenshot):
     assert re.fullmatch(r"epoch 2: \d+\.\d\d%", accuracy_points.nth(1).text_content())
     assert page.locator("#train-loss-steps-chart circle").count() >= 2
     expect(page.locator("#log-tail")).to_contain_text("epoch 2/2")
+
+    # The last epoch's example predictions, the first test image of each of the 4 test batches.
+    examples = page.locator("#examples figure")
+    expect(examples).to_have_count(4)
+    for caption in examples.locator("figcaption").all_inner_texts():
+        assert re.fullmatch(r"Pred:\w+ Truth:\w+", caption), caption
+    page.wait_for_function("[...document.querySelectorAll('#examples img')].every(img => img.complete)")
+    assert page.evaluate("[...document.querySelectorAll('#examples img')].map(img => img.naturalWidth)") == [32] * 4
 
     sync_command = page.locator("#sync-command").inner_text()
     assert sync_command.startswith("wandb sync ")
