@@ -47,7 +47,9 @@ def up(host: str, port: int, gpus: str) -> None:
 
     refuse_open_network(host)
     migrate(get_engine(get_settings().database_url))
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus])
+    # Its own session: Ctrl-C in the terminal reaches only the app, which then asks the worker once
+    # to stop gracefully (a second signal would make it exit without handing its jobs back).
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True)
     try:
         serve(host, port)
     finally:

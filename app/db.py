@@ -23,7 +23,15 @@ def is_sqlite(engine: Engine) -> bool:
 def make_engine(database_url: str) -> Engine:
     url = make_url(database_url)
     if url.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # A dead network must fail a call in seconds, not hang it for minutes: a worker that
+        # cannot renew its lease has to notice before the lease runs out (worker/supervisor.py).
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+            connect_args={
+                "connect_timeout": 5, "tcp_user_timeout": 5000,
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+            },
+        )
 
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)

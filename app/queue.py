@@ -70,7 +70,7 @@ def submit(
     """Queue a job. With max_queued, refuse (QueueFull) while that many jobs wait already."""
     values = params.model_dump(mode="json")
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
-    with session_scope(engine) as session:
+    with _write_session(engine) as session:
         if max_queued is not None:
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
             if waiting >= max_queued:
@@ -203,7 +203,8 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
 def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None) -> bool:
     with session_scope(engine) as session:
         owned = _fenced_update(
-            session, claim, wandb_mode=mode, wandb_url=url, wandb_run_id=run_id, wandb_dir=run_dir, note=note
+            session, claim, wandb_mode=mode, wandb_url=url and url[:512], wandb_run_id=run_id and run_id[:128],
+            wandb_dir=run_dir and run_dir[:1024], note=note and note[:1024],
         )
         session.commit()
     return owned
@@ -345,7 +346,7 @@ def reap_expired(engine: Engine, now: datetime | None = None) -> int:
 
 
 def register_worker(engine: Engine, worker: Worker) -> None:
-    with session_scope(engine) as session:
+    with _write_session(engine) as session:
         session.merge(worker)
         session.commit()
 

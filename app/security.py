@@ -30,6 +30,7 @@ MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ("/healthz", "/login")
 PUBLIC_PREFIXES = ("/static/",)
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -161,7 +162,20 @@ async def guard(request: Request, call_next) -> Response:
     return response
 
 
+def _addressed_to_loopback(request: Request) -> bool:
+    host = request.headers.get("host", "").lower()
+    name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+    return name in LOOPBACK_NAMES or name.endswith(".localhost")
+
+
 async def _refusal(request: Request, token: str | None) -> Response | None:
+    # Without a token only localhost is served; a page whose own domain has been re-pointed at
+    # 127.0.0.1 (DNS rebinding) still names that domain in Host, and is refused.
+    if not token and not _addressed_to_loopback(request):
+        return _forbidden(
+            request, "this dashboard has no TRAINBOARD_TOKEN, so it answers only requests addressed to localhost; "
+            "set TRAINBOARD_TOKEN to reach it under another name",
+        )
     bearer = bearer_token(request)
     if token and bearer is not None and not token_matches(bearer, token):
         return _unauthorized(request)

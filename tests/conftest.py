@@ -27,6 +27,9 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TRAINBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# In-process clients address the app as a browser on the same machine does; without a token the
+# app answers only requests addressed to localhost.
+LOCAL = "http://127.0.0.1"
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "condition") -> Any:
@@ -102,7 +105,7 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app in-process (migrations run at start-up), on that file."""
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         yield client
 
 

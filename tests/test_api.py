@@ -8,6 +8,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.models import JobCreate
 from app.settings import Settings
+from tests.conftest import LOCAL
 
 TUTORIAL_DEFAULTS = {
     "batch_size": 64, "test_batch_size": 1000, "epochs": 5, "lr": 0.01, "momentum": 0.1, "use_cuda": True,
@@ -172,15 +173,15 @@ def test_openapi_documents_the_job_fields_with_examples(client):
 
 
 def test_migrations_keep_jobs_across_restarts(settings):
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         job = client.post("/jobs", json={"name": "survivor"}).json()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         assert client.get(f"/jobs/{job['id']}").json()["name"] == "survivor"
 
 
 def test_a_full_queue_refuses_new_jobs_with_429(tmp_path: Path):
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'cap.db'}", max_queued=2, _env_file=None)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         first = client.post("/jobs", json={}).json()
         client.post("/jobs", json={})
         refused = client.post("/jobs", json={"name": "third"})

@@ -11,11 +11,12 @@ from app.db import get_engine
 from app.main import create_app
 from app.models import Worker, utcnow
 from app.settings import Settings
+from tests.conftest import LOCAL
 
 
 def test_gpu_gauges_come_from_live_workers_heartbeats(tmp_path: Path):
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'metrics.db'}", _env_file=None)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url=LOCAL) as client:
         engine = get_engine(settings.database_url)
         gpu = {"utilization": 0.75, "memory_used": 2.0e9, "memory_total": 8.0e10}
         queue.register_worker(engine, Worker(id="gpu-host-1", host="gpu-host", pid=1, slots=[

@@ -12,6 +12,7 @@ from app import api, metrics, pages, security
 from app.main import create_app
 from app.security import CSRF_COOKIE, SESSION_COOKIE, make_session, session_valid
 from app.settings import Settings
+from tests.conftest import LOCAL
 
 TOKEN = "correct-horse-battery-staple-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -203,7 +204,7 @@ def test_the_token_never_appears_in_pages_or_responses(client):
 
 
 def test_without_a_token_the_laptop_needs_no_login(tmp_path: Path):
-    with TestClient(create_app(make_settings(tmp_path))) as client:
+    with TestClient(create_app(make_settings(tmp_path)), base_url=LOCAL) as client:
         assert client.get("/", headers=HTML).status_code == 200
         assert client.post("/jobs", json={}).status_code == 201
         # Still no cross-site posts, and a browser's own form needs its CSRF token.
@@ -220,3 +221,16 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path):
     )
     assert result.returncode != 0
     assert "TRAINBOARD_TOKEN" in result.stderr and ".env" in result.stderr
+
+
+def test_without_a_token_only_localhost_is_served(tmp_path: Path):
+    # A page on a rebound domain reaches 127.0.0.1 but names its own domain in Host.
+    with TestClient(create_app(make_settings(tmp_path)), base_url="http://evil.example:8000") as client:
+        response = client.get("/jobs")
+        assert response.status_code == 403 and "TRAINBOARD_TOKEN" in response.json()["detail"]
+        assert client.post("/jobs", json={}).status_code == 403
+    for local in ("http://localhost:8000", "http://127.0.0.1:8000", "http://[::1]:8000", "http://app.localhost"):
+        with TestClient(create_app(make_settings(tmp_path)), base_url=local) as client:
+            assert client.get("/jobs").status_code == 200, local
+    with TestClient(create_app(make_settings(tmp_path, token=TOKEN)), base_url="http://gpu-host.example") as client:
+        assert client.get("/jobs", headers=BEARER).status_code == 200

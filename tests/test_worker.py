@@ -296,3 +296,16 @@ def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(sqlite_u
     assert worker.wait(timeout=10) == 128 + signal.SIGTERM
     wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
     engine.dispose()
+
+
+def test_a_worker_takes_wandb_settings_from_env_file_without_overriding_the_environment(tmp_path: Path, monkeypatch):
+    from worker.cli import load_wandb_environment
+
+    (tmp_path / ".env").write_text("WANDB_API_KEY=from-file\nWANDB_ENTITY=team-file\nTRAINBOARD_TOKEN=not-exported\n")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_ENTITY", "team-env")
+    monkeypatch.delenv("TRAINBOARD_TOKEN", raising=False)
+    load_wandb_environment(tmp_path / ".env")
+    assert os.environ["WANDB_API_KEY"] == "from-file"
+    assert os.environ["WANDB_ENTITY"] == "team-env"
+    assert "TRAINBOARD_TOKEN" not in os.environ

@@ -3,6 +3,9 @@
 import logging
 import os
 import signal
+from pathlib import Path
+
+from dotenv import dotenv_values
 
 from app.db import get_engine, migrate
 from app.settings import get_settings
@@ -32,7 +35,16 @@ def make_slots(gpus: str, nvml: Nvml) -> list[Slot]:
     return [Slot(n, f"cuda:{index}", available[index]) for n, index in enumerate(chosen)]
 
 
+def load_wandb_environment(env_file: Path = Path(".env")) -> None:
+    """W&B's own variables from .env (WANDB_API_KEY, WANDB_ENTITY, ...), as docker compose passes
+    them, so a worker started by hand sees the same key; the real environment wins."""
+    for name, value in dotenv_values(env_file).items():
+        if name.startswith("WANDB_") and value:
+            os.environ.setdefault(name, value)
+
+
 def run_worker(gpus: str) -> None:
+    load_wandb_environment()
     settings = get_settings()
     # A lease must outlive a late heartbeat or two, or healthy jobs would be taken away.
     if settings.lease_seconds < 2 * settings.heartbeat_seconds:

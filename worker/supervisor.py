@@ -8,6 +8,7 @@ open while a child trains.
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -23,7 +24,7 @@ from queue import Empty, Queue
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app import queue
 from app.models import Worker
@@ -33,6 +34,9 @@ from worker.gpus import Nvml
 from worker.reporter import REPORT_FD_ENV
 
 log = logging.getLogger("trainboard.worker")
+# Errors a retry can fix: a lost connection, a locked SQLite file. Others (a value too long for
+# its column, say) would fail the same way every time.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 T = TypeVar("T")
 
 PROGRESS_FLUSH_SECONDS = 1.0
@@ -108,7 +112,7 @@ class Supervisor:
                 reaped = queue.reap_expired(self.engine)
                 if reaped:
                     log.warning("requeued or ended %d job(s) whose worker stopped heartbeating", reaped)
-            except (OperationalError, DBAPIError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("database unavailable for the worker heartbeat: %s", _first_line(exc))
             for thread in threads:
                 thread.join(timeout=self.settings.heartbeat_seconds / len(threads))
@@ -143,14 +147,15 @@ class Supervisor:
         finally:
             wakeups.close()
 
-    def _with_retries(self, operation: Callable[[], T]) -> T:
-        """Ride out a database that is briefly locked or unreachable, for at most one lease."""
-        deadline = time.monotonic() + self.settings.lease_seconds
+    def _with_retries(self, operation: Callable[[], T], deadline: float | None = None) -> T:
+        """Ride out a database that is briefly locked or unreachable, for at most one lease (or
+        until `deadline`, a time.monotonic() value)."""
+        deadline = min(deadline or math.inf, time.monotonic() + self.settings.lease_seconds)
         delay = 0.2
         while True:
             try:
                 return operation()
-            except (OperationalError, DBAPIError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise DatabaseUnavailable(_first_line(exc)) from exc
                 log.warning("database unavailable, retrying in %.1fs: %s", delay, _first_line(exc))
@@ -160,7 +165,7 @@ class Supervisor:
     def _quietly(self, operation: Callable[[], Any]) -> None:
         try:
             operation()
-        except (OperationalError, DBAPIError) as exc:
+        except TRANSIENT_ERRORS as exc:
             log.warning("database unavailable: %s", _first_line(exc))
 
 
@@ -193,16 +198,29 @@ class JobRun:
         self.reports = _Reports()
         self.reports_closed = False
         self.owned = True
+        # Our own view of the lease: past it another worker may have taken the job, so the
+        # child must be stopped by then even when the database cannot tell us (a partition).
+        self.lease_until = time.monotonic() + self.settings.lease_seconds
 
     def run(self) -> None:
         if self.supervisor.stopping.is_set():
             self._release()  # claimed just as the worker began to stop: no child to start
             return
         self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
-        self.job_dir.mkdir(parents=True, exist_ok=True)
         events: Queue[dict[str, Any] | None] = Queue()
-        child = self._spawn(events)
-        ending = self._supervise(child, events)
+        child = None
+        try:
+            self.job_dir.mkdir(parents=True, exist_ok=True)
+            child = self._spawn(events)
+            ending = self._supervise(child, events)
+        except Exception as exc:
+            # Never leave an unsupervised child training, nor the job running until its lease ends.
+            self.log.exception("job %d: supervising it failed", self.claim.job_id)
+            if child is not None and child.poll() is None:
+                self._kill_child(child)
+            reason = f"the worker failed while running this job: {type(exc).__name__}: {_first_line(exc)}"
+            self._write(lambda: queue.finish(self.engine, self.claim, "failed", error=reason[:2000]))
+            return
         if ending == "lost":
             self.log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
         elif ending == "stop":
@@ -237,15 +255,20 @@ class JobRun:
             "data_dir": str(self.settings.data_dir.resolve()),
             "cifar_verify": self.settings.cifar_verify,
         }
-        with self.log_path.open("ab") as log_file:
-            log_file.write(f"==== attempt {self.claim.attempt} on {self.supervisor.worker_id} ({self.slot.device})\n".encode())
-            log_file.flush()
-            child = subprocess.Popen(
-                [sys.executable, "-m", "worker.child"],
-                stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-                pass_fds=(write_fd,), env=env, cwd=self.job_dir, start_new_session=True,
-            )
-        os.close(write_fd)
+        try:
+            with self.log_path.open("ab") as log_file:
+                log_file.write(f"==== attempt {self.claim.attempt} on {self.supervisor.worker_id} ({self.slot.device})\n".encode())
+                log_file.flush()
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "worker.child"],
+                    stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,), env=env, cwd=self.job_dir, start_new_session=True,
+                )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
         try:
             child.stdin.write(json.dumps(spec).encode())
             child.stdin.close()
@@ -271,9 +294,16 @@ class JobRun:
                 if not self._flush():
                     self._kill_child(child)
                     return "lost"
+            if now >= self._give_up_at():
+                self.log.warning("job %d: its lease could not be renewed in time; stopping it", self.claim.job_id)
+                self.owned = False
+                self._kill_child(child)
+                return "lost"
             if now >= next_beat:
                 next_beat = now + self.settings.heartbeat_seconds
                 outcome = self._write(lambda: queue.renew(self.engine, self.claim, self.settings.lease_seconds), "lost")
+                if outcome in ("ok", "cancel"):
+                    self.lease_until = now + self.settings.lease_seconds
                 if outcome == "lost":
                     self._kill_child(child)
                     return "lost"
@@ -361,7 +391,7 @@ class JobRun:
 
     def _exit_reason(self, returncode: int) -> str:
         if returncode < 0:
-            how = f"was killed by {signal.Signals(-returncode).name}"
+            how = f"was killed by {_signal_name(-returncode)}"
         else:
             how = f"exited with code {returncode}"
         tail = [line.strip() for line in _tail_lines(self.log_path, LOG_TAIL_LINES) if line.strip()]
@@ -369,12 +399,16 @@ class JobRun:
         hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
         return f"the training process {how}{hint} without a result{last}"
 
+    def _give_up_at(self) -> float:
+        """A heartbeat before the lease ends, so a hung call still ends before the lease does."""
+        return self.lease_until - self.settings.heartbeat_seconds
+
     def _write(self, operation: Callable[[], T], lost: T = False) -> T:
         """A fenced write; once one finds the job is not ours, nothing more is written."""
         if not self.owned:
             return lost
         try:
-            outcome = self.supervisor._with_retries(operation)
+            outcome = self.supervisor._with_retries(operation, deadline=self._give_up_at())
         except DatabaseUnavailable:
             outcome = lost
         if outcome is False or outcome == "lost":
@@ -390,6 +424,13 @@ def _read_reports(fd: int, events: Queue) -> None:
             except json.JSONDecodeError:
                 log.warning("unreadable report from a training child: %r", line[:200])
     events.put(None)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # real-time signals have no name
+        return f"signal {signum}"
 
 
 def _signal_group(child: subprocess.Popen, signum: int) -> None:
