@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
-from sqlalchemy import JSON, DateTime, Engine, Integer, String, bindparam, delete, func, select, text, update
+from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
@@ -123,47 +123,59 @@ def job_metrics(engine: Engine, job_id: int, kind: str | None = None) -> list[Jo
 # A new attempt starts clean: progress and metrics are those of the attempt that runs.
 _CLAIM_SET = """
     status = 'running', worker_id = :worker_id, attempts = attempts + 1,
-    lease_expires_at = :lease, started_at = COALESCE(started_at, :now),
+    lease_expires_at = {lease}, started_at = COALESCE(started_at, {now}),
     cancel_requested = false, error = NULL, progress = :empty, metrics = :empty
 """
 # Typed, so both drivers store the datetimes as SQLAlchemy's columns do (SQLite compares them as text).
-_CLAIM_PARAMS = (
+_CLAIM_PARAMS_SQLITE = (
     bindparam("lease", type_=DateTime(timezone=True)),
     bindparam("now", type_=DateTime(timezone=True)),
     bindparam("empty", type_=JSON),
 )
+_CLAIM_PARAMS_POSTGRES = (bindparam("lease_seconds", type_=Float), bindparam("empty", type_=JSON))
 
 _CLAIM_POSTGRES = text(f"""
     WITH next_job AS (
         SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
     )
-    UPDATE jobs SET {_CLAIM_SET}
+    UPDATE jobs SET {_CLAIM_SET.format(lease="now() + make_interval(secs => :lease_seconds)", now="now()")}
     FROM next_job WHERE jobs.id = next_job.id
     RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params
-""").bindparams(*_CLAIM_PARAMS).columns(id=Integer, attempts=Integer, name=String, params=JSON)
+""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(id=Integer, attempts=Integer, name=String, params=JSON)
 
 _CLAIM_SQLITE = text(f"""
-    UPDATE jobs SET {_CLAIM_SET}
+    UPDATE jobs SET {_CLAIM_SET.format(lease=":lease", now=":now")}
     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
     RETURNING id, attempts, name, params
-""").bindparams(*_CLAIM_PARAMS).columns(id=Integer, attempts=Integer, name=String, params=JSON)
+""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(id=Integer, attempts=Integer, name=String, params=JSON)
 
 
 def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
     """Take the oldest queued job for this worker, atomically, or None when the queue is empty."""
-    now = utcnow()
-    values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}}
     if is_sqlite(engine):
+        now = utcnow()
+        values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}}
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
             row = connection.execute(_CLAIM_SQLITE, values).first()
             connection.commit()
     else:
+        values = {"worker_id": worker_id, "lease_seconds": lease_seconds, "empty": {}}
         with engine.connect() as connection:
             row = connection.execute(_CLAIM_POSTGRES, values).first()
             connection.commit()
     if row is None:
         return None
     return Claim(job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params)
+
+
+def _clock(engine: Engine):
+    """Leases are stamped and judged by one clock: PostgreSQL's own, shared by every host (SQLite
+    serves one host, whose clock it is)."""
+    return utcnow() if is_sqlite(engine) else func.now()
+
+
+def _seconds(engine: Engine, seconds: float):
+    return timedelta(seconds=seconds) if is_sqlite(engine) else func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
 def _fence(claim: Claim):
@@ -186,7 +198,7 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
         row = session.execute(
             update(Job)
             .where(_fence(claim))
-            .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
+            .values(lease_expires_at=_clock(engine) + _seconds(engine, lease_seconds))
             .returning(Job.cancel_requested)
         ).first()
         session.commit()
@@ -317,7 +329,7 @@ def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | N
 
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:
     """Requeue running jobs whose lease expired, or fail them once their attempts are used up."""
-    now = now or utcnow()
+    now = now if now is not None else _clock(engine)
     expired = (Job.status == "running") & (Job.lease_expires_at < now)
     with session_scope(engine) as session:
         cancelled = session.execute(

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app import queue
-from app.db import make_engine
+from app.db import make_engine, migrate
 from app.models import JobCreate, as_utc, utcnow
 
 LEASE_SECONDS = 60
@@ -281,3 +281,21 @@ def test_an_idle_slot_wakes_for_a_new_job_or_a_stop(engine: Engine):
         stopper.join()
     finally:
         wakeups.close()
+
+
+def test_postgres_leases_follow_the_database_clock_not_the_hosts(postgres_url: str, monkeypatch):
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    submit(engine)
+    # This host's clock runs two hours slow: its leases would look long expired to every other host.
+    slow = utcnow() - timedelta(hours=2)
+    monkeypatch.setattr(queue, "utcnow", lambda: slow)
+    held = claim(engine)
+    assert queue.renew(engine, held, 60) == "ok"
+    monkeypatch.undo()
+    # Another host, with the right time, reaps nothing: the lease was stamped by PostgreSQL's clock.
+    assert queue.reap_expired(engine) == 0
+    job = queue.get_job(engine, held.job_id)
+    assert job.status == "running"
+    assert timedelta(seconds=50) < as_utc(job.lease_expires_at) - utcnow() < timedelta(seconds=70)
+    engine.dispose()
