@@ -50,6 +50,8 @@ def up(host: str, port: int, gpus: str) -> None:
     # Its own session: Ctrl-C in the terminal reaches only the app, which then asks the worker once
     # to stop gracefully (a second signal would make it exit without handing its jobs back).
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True)
+    # Uvicorn re-raises the signal that stopped it; as SystemExit it still runs the `finally` below.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         serve(host, port)
     finally:

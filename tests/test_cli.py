@@ -1,12 +1,15 @@
-"""`trainboard submit | status | cancel` and GET /metrics against a real app and worker."""
+"""The `trainboard` command against real processes: up, and submit | status | cancel and GET /metrics for scripts."""
 
 import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import queue
+from app.db import get_engine
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -88,3 +91,40 @@ def test_submit_wait_status_cancel_and_metrics(make_stack, tmp_path):
     job_lines = [e for e in events["worker-1.log"] if e.get("job_id") == 1]
     assert any("succeeded" in e["message"] for e in job_lines)
     assert all(e["attempt"] == 1 and e["worker_id"] for e in job_lines)
+
+
+def test_up_runs_app_and_worker_and_a_stop_hands_running_jobs_back(make_stack, tmp_path):
+    stack = make_stack()
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", "--port", str(stack.port), "--gpus", "none"],
+        env=stack.env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: _answers(stack), 60, message="trainboard up to serve")
+        job = stack.submit(**SLOW_JOB)
+        wait_for(lambda: stack.job(job["id"])["progress"].get("batch", 0) >= 1, 120, message="the job to train")
+        up.terminate()
+        assert up.wait(timeout=40) == 128 + 15
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+    # The worker stopped too, and handed its job back without spending an attempt.
+    job = queue.get_job(get_engine(stack.env["TRAINBOARD_DATABASE_URL"]), job["id"])
+    assert (job.status, job.attempts) == ("queued", 0)
+    worker_lines = (tmp_path / "up.log").read_text()
+    assert "running jobs go back to the queue" in worker_lines and "stopped" in worker_lines
+
+
+SLOW_JOB = {
+    "dataset": "synthetic", "pretrained": False, "epochs": 100, "batch_size": 16, "train_subset": 64,
+    "test_subset": 32, "test_batch_size": 32, "log_interval": 1, "wandb_mode": "disabled",
+}
+
+
+def _answers(stack) -> bool:
+    try:
+        return stack.client.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
