@@ -9,17 +9,12 @@ from sqlalchemy import text
 from app import pages, queue
 from app.deps import EngineDep, JobId, SettingsDep, wants_html
 from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint
-from app.settings import Settings
 
 router = APIRouter()
 
 NOT_FOUND = {404: {"description": "No job with this id"}}
 CONFLICT = {409: {"description": "The job is in a state that does not allow this; the detail names it"}}
 QUEUE_FULL = {429: {"description": "TRAINBOARD_MAX_QUEUED jobs are already waiting"}}
-
-
-def job_log_path(settings: Settings, job_id: int):
-    return settings.job_dir(job_id) / "job.log"
 
 
 async def queue_refusal(_request: Request, exc: Exception) -> JSONResponse:
@@ -103,7 +98,7 @@ def read_job_log(
 ) -> PlainTextResponse:
     """The output of the job's training process (the last `tail` bytes)."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    return PlainTextResponse(pages.read_tail(job_log_path(settings, job_id), tail))
+    return PlainTextResponse(pages.read_tail(settings.job_log(job_id), tail))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])

@@ -6,7 +6,6 @@ the same numbers and nothing is lost when the app restarts.
 
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -71,8 +70,7 @@ class DatabaseCollector:
         )
 
         now = utcnow()
-        alive_after = now - timedelta(seconds=self.lease_seconds)
-        workers = [w for w in queue.list_workers(self.engine) if w.stopped_at is None and as_utc(w.heartbeat_at) > alive_after]
+        workers = [w for w in queue.list_workers(self.engine) if queue.worker_alive(w, self.lease_seconds, now)]
         yield GaugeMetricFamily("trainboard_workers_alive", "Workers heartbeating within a lease", value=len(workers))
 
         utilization = GaugeMetricFamily(

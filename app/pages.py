@@ -516,7 +516,7 @@ def read_examples(settings: Settings, job_id: int) -> dict[str, Any] | None:
 def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
     public = JobPublic.from_job(job)
     points = metric_points(engine, [job])[job.id]
-    log = read_tail(settings.job_dir(job.id) / "job.log", LOG_TAIL_BYTES)
+    log = read_tail(settings.job_log(job.id), LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
     return {
@@ -634,7 +634,6 @@ def compare(request: Request, engine: EngineDep, ids: Annotated[list[str] | None
 
 
 def worker_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
-    gone_after = timedelta(seconds=settings.lease_seconds)
     now = utcnow()
     return [
         {
@@ -644,7 +643,7 @@ def worker_rows(engine: Engine, settings: Settings) -> list[dict[str, Any]]:
             "slots": worker.slots,
             "started_at": as_utc(worker.started_at),
             "heartbeat_at": as_utc(worker.heartbeat_at),
-            "alive": worker.stopped_at is None and now - as_utc(worker.heartbeat_at) < gone_after,
+            "alive": queue.worker_alive(worker, settings.lease_seconds, now),
         }
         for worker in queue.list_workers(engine)
     ]

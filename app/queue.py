@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import Job, JobCreate, JobMetric, Worker, utcnow
+from app.models import Job, JobCreate, JobMetric, Worker, as_utc, utcnow
 
 log = logging.getLogger("trainboard.queue")
 
@@ -371,6 +371,11 @@ def worker_heartbeat(engine: Engine, worker_id: str, slots: list[dict[str, Any]]
     with session_scope(engine) as session:
         session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
         session.commit()
+
+
+def worker_alive(worker: Worker, lease_seconds: float, now: datetime) -> bool:
+    """Alive: not stopped, and heartbeating within a lease (after which its jobs may be reaped)."""
+    return worker.stopped_at is None and now - as_utc(worker.heartbeat_at) < timedelta(seconds=lease_seconds)
 
 
 def list_workers(engine: Engine, limit: int = 200) -> list[Worker]:

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     def job_dir(self, job_id: int) -> Path:
         return self.artifacts_dir / "jobs" / str(job_id)
 
+    def job_log(self, job_id: int) -> Path:
+        """The output of every attempt of the job's training process."""
+        return self.job_dir(job_id) / "job.log"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -32,15 +32,18 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 LOCAL = "http://127.0.0.1"
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.1, message: str = "condition") -> Any:
-    """Poll until condition() is truthy; fail with `message` after `timeout` seconds."""
+def wait_for(
+    condition: Callable[[], Any], timeout: float, interval: float = 0.1, message: str | Callable[[], str] = "condition"
+) -> Any:
+    """Poll until condition() is truthy; fail with `message` (or what it returns, when called
+    only then, e.g. to show the logs of that moment) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {message() if callable(message) else message}")
         time.sleep(interval)
 
 
@@ -219,7 +222,7 @@ class Stack:
     def wait_status(self, job_id: int, statuses: tuple[str, ...], timeout: float = 240) -> dict:
         return wait_for(
             lambda: (job := self.job(job_id))["status"] in statuses and job,
-            timeout, interval=0.2, message=f"job {job_id} to reach {statuses}; logs:\n{self.logs()}",
+            timeout, interval=0.2, message=lambda: f"job {job_id} to reach {statuses}; logs:\n{self.logs()}",
         )
 
     def logs(self) -> str:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 
 from app import queue
-from app.db import make_engine, migrate
+from app.db import make_engine
 from app.models import JobCreate, as_utc, utcnow
 
 LEASE_SECONDS = 60
@@ -283,9 +283,8 @@ def test_an_idle_slot_wakes_for_a_new_job_or_a_stop(engine: Engine):
         wakeups.close()
 
 
-def test_postgres_leases_follow_the_database_clock_not_the_hosts(postgres_url: str, monkeypatch):
-    engine = make_engine(postgres_url)
-    migrate(engine)
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_postgres_leases_follow_the_database_clock_not_the_hosts(engine: Engine, monkeypatch):
     submit(engine)
     # This host's clock runs two hours slow: its leases would look long expired to every other host.
     slow = utcnow() - timedelta(hours=2)
@@ -298,4 +297,3 @@ def test_postgres_leases_follow_the_database_clock_not_the_hosts(postgres_url: s
     job = queue.get_job(engine, held.job_id)
     assert job.status == "running"
     assert timedelta(seconds=50) < as_utc(job.lease_expires_at) - utcnow() < timedelta(seconds=70)
-    engine.dispose()

@@ -15,7 +15,6 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from app import queue
-from app.db import make_engine, migrate
 from app.models import Job, JobCreate
 from tests.conftest import POSTGRES_URL, wait_for
 
@@ -40,13 +39,10 @@ def submit(engine: Engine, **params) -> Job:
 
 
 def wait_job(engine: Engine, job_id: int, condition, what: str, stack, timeout: float = 240) -> Job:
-    try:
-        return wait_for(
-            lambda: job if condition(job := queue.get_job(engine, job_id)) else None,
-            timeout, interval=0.1, message=f"job {job_id} {what}",
-        )
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; logs:\n{stack.logs()}") from None
+    return wait_for(
+        lambda: job if condition(job := queue.get_job(engine, job_id)) else None,
+        timeout, interval=0.1, message=lambda: f"job {job_id} {what}; logs:\n{stack.logs()}",
+    )
 
 
 def wait_finished(engine: Engine, job_id: int, stack) -> Job:
@@ -204,32 +200,29 @@ def test_a_lease_lost_on_the_last_attempt_fails_the_job_and_fences_out_its_froze
         assert after[field] == lost[field], field
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_child_that_dies_without_a_result_fails_its_job_with_the_signal_and_its_last_output(
-    sqlite_url: str, make_stack, tmp_path: Path
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
 ):
-    engine = make_engine(sqlite_url)
-    migrate(engine)
-    try:
-        stack = make_stack(database_url=sqlite_url, **FAST_LEASES)
-        job = submit(engine, epochs=100)
-        worker = stack.worker()
-        wait_training(engine, job.id, stack)
-        os.kill(wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child"), signal.SIGKILL)
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    job = submit(engine, epochs=100)
+    worker = stack.worker()
+    wait_training(engine, job.id, stack)
+    os.kill(wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child"), signal.SIGKILL)
 
-        failed = wait_finished(engine, job.id, stack)
-        assert failed.status == "failed" and failed.attempts == 1
-        assert failed.error.startswith("the training process was killed by SIGKILL (out of memory?) without a result")
-        assert "; last output: " in failed.error and "trainboard: " in failed.error  # what the child printed
-        assert worker.poll() is None  # the worker carries on
-    finally:
-        engine.dispose()
+    failed = wait_finished(engine, job.id, stack)
+    assert failed.status == "failed" and failed.attempts == 1
+    assert failed.error.startswith("the training process was killed by SIGKILL (out of memory?) without a result")
+    assert "; last output: " in failed.error and "trainboard: " in failed.error  # what the child printed
+    assert worker.poll() is None  # the worker carries on
 
 
-def test_the_training_child_gets_only_the_environment_it_needs(sqlite_url: str, make_stack, tmp_path: Path):
-    engine = make_engine(sqlite_url)
-    migrate(engine)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_training_child_gets_only_the_environment_it_needs(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
     stack = make_stack(
-        database_url=sqlite_url, TRAINBOARD_TOKEN="worker-side-token-0123456789", UNRELATED_SECRET="s3cret",
+        database_url=database_url, TRAINBOARD_TOKEN="worker-side-token-0123456789", UNRELATED_SECRET="s3cret",
         WANDB_ENTITY="team-x", **FAST_LEASES,
     )
     job = submit(engine, epochs=50)
@@ -245,13 +238,11 @@ def test_the_training_child_gets_only_the_environment_it_needs(sqlite_url: str, 
     assert environment["WANDB_ENTITY"] == "team-x" and environment["PATH"]
     assert environment["CUDA_VISIBLE_DEVICES"] == ""  # a CPU slot hides any GPU from its child
     assert wait_finished(engine, job.id, stack).status == "cancelled"
-    engine.dispose()
 
 
-def test_a_worker_rides_out_dropped_database_connections(postgres_url: str, make_stack, tmp_path: Path):
-    engine = make_engine(postgres_url)
-    migrate(engine)
-    stack = make_stack(database_url=postgres_url, **{**FAST_LEASES, "TRAINBOARD_LEASE_SECONDS": "15"})
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_worker_rides_out_dropped_database_connections(database_url: str, engine: Engine, make_stack, tmp_path: Path):
+    stack = make_stack(database_url=database_url, **{**FAST_LEASES, "TRAINBOARD_LEASE_SECONDS": "15"})
     job = submit(engine, epochs=4)
     worker = stack.worker()
     wait_training(engine, job.id, stack)
@@ -266,7 +257,7 @@ def test_a_worker_rides_out_dropped_database_connections(postgres_url: str, make
     deadline = time.monotonic() + 3
     with admin.connect() as connection:
         while time.monotonic() < deadline:
-            dropped += connection.execute(terminate, {"name": make_url(postgres_url).database}).scalar_one()
+            dropped += connection.execute(terminate, {"name": make_url(database_url).database}).scalar_one()
             time.sleep(0.05)
     admin.dispose()
     assert dropped > 0
@@ -275,14 +266,14 @@ def test_a_worker_rides_out_dropped_database_connections(postgres_url: str, make
     assert done.status == "succeeded", done.error
     assert worker.poll() is None, stack.logs()
     assert "database unavailable" in stack.logs()
-    engine.dispose()
 
 
-def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(sqlite_url: str, make_stack, tmp_path: Path):
-    engine = make_engine(sqlite_url)
-    migrate(engine)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
     # A long grace, so only the second signal can explain a quick exit.
-    stack = make_stack(database_url=sqlite_url, **{**FAST_LEASES, "TRAINBOARD_CANCEL_GRACE_SECONDS": "60"})
+    stack = make_stack(database_url=database_url, **{**FAST_LEASES, "TRAINBOARD_CANCEL_GRACE_SECONDS": "60"})
     job = submit(engine, epochs=100)
     worker = stack.worker()
     wait_training(engine, job.id, stack)
@@ -295,7 +286,6 @@ def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(sqlite_u
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 128 + signal.SIGTERM
     wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
-    engine.dispose()
 
 
 def test_a_worker_takes_wandb_settings_from_env_file_without_overriding_the_environment(tmp_path: Path, monkeypatch):

@@ -12,7 +12,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from worker.reporter import Reporter
+from worker.reporter import Reporter, first_line
 
 PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -29,8 +29,8 @@ def die_with_parent() -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    reason = first_line(exc)
+    return reason if reason == type(exc).__name__ else f"{type(exc).__name__}: {reason}"
 
 
 def main() -> int:

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
+from worker.reporter import first_line
+
 CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_CACHE_NAME = "cifar10-uint8.pt"
 TENSOR_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
@@ -89,7 +91,7 @@ def cifar10(data_dir: Path, *, verify: bool) -> ImageSet:
         train = loader(str(data_dir), train=True, download=True)
         test = loader(str(data_dir), train=False, download=True)
     except Exception as exc:  # urllib, checksum and archive errors all mean the same to the user
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(
             f"CIFAR-10 is not in {data_dir} and the download failed: {reason}; "
             "place cifar-10-python.tar.gz there or allow network access"

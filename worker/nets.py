@@ -4,6 +4,8 @@ import torch
 from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
+from worker.reporter import first_line
+
 NUM_CLASSES = 10
 
 
@@ -17,7 +19,9 @@ def build_model(name: str, *, pretrained: bool, num_classes: int = NUM_CLASSES) 
     Pretrained weights are ImageNet's through torchvision's weights API; the classifier is
     replaced by a fresh one with `num_classes` outputs (the tutorial kept ImageNet's 1000).
     """
-    model = resnet18(weights=_imagenet_weights() if pretrained else None)
+    model = resnet18()
+    if pretrained:
+        model.load_state_dict(_imagenet_state_dict())
     model.fc = nn.Linear(model.fc.in_features, num_classes)
     if name == "resnet18_cifar":
         # 32x32 inputs: keep the full resolution into the first stage instead of dividing it by 4.
@@ -28,15 +32,15 @@ def build_model(name: str, *, pretrained: bool, num_classes: int = NUM_CLASSES) 
     return model
 
 
-def _imagenet_weights() -> ResNet18_Weights:
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet's ResNet-18 weights, downloaded once into the torch hub cache and read once."""
     weights = ResNet18_Weights.IMAGENET1K_V1
     try:
-        weights.get_state_dict(progress=False, check_hash=True)
+        return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         checkpoints = f"{torch.hub.get_dir()}/checkpoints"
         raise WeightsError(
             f"the pretrained ResNet-18 weights could not be downloaded: {reason}; "
             f"set pretrained=false, or place {weights.url.rsplit('/', 1)[-1]} in {checkpoints}"
         ) from exc
-    return weights

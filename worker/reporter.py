@@ -11,6 +11,12 @@ from typing import Any
 REPORT_FD_ENV = "TRAINBOARD_REPORT_FD"
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (a reason a job page shows), or its type without one."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 class Reporter:
     def __init__(self, fd: int):
         self._stream = os.fdopen(fd, "w", buffering=1, encoding="utf-8")

@@ -31,7 +31,7 @@ from app.models import Worker
 from app.settings import Settings
 from worker.child import PARENT_PID_ENV
 from worker.gpus import Nvml
-from worker.reporter import REPORT_FD_ENV
+from worker.reporter import REPORT_FD_ENV, first_line
 
 log = logging.getLogger("trainboard.worker")
 # Errors a retry can fix: a lost connection, a locked SQLite file. Others (a value too long for
@@ -113,7 +113,7 @@ class Supervisor:
                 if reaped:
                     log.warning("requeued or ended %d job(s) whose worker stopped heartbeating", reaped)
             except TRANSIENT_ERRORS as exc:
-                log.warning("database unavailable for the worker heartbeat: %s", _first_line(exc))
+                log.warning("database unavailable for the worker heartbeat: %s", first_line(exc))
             for thread in threads:
                 thread.join(timeout=self.settings.heartbeat_seconds / len(threads))
         self._quietly(lambda: queue.worker_heartbeat(self.engine, self.worker_id, [s.public(self.nvml) for s in self.slots], stopped=True))
@@ -157,8 +157,8 @@ class Supervisor:
                 return operation()
             except TRANSIENT_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
-                    raise DatabaseUnavailable(_first_line(exc)) from exc
-                log.warning("database unavailable, retrying in %.1fs: %s", delay, _first_line(exc))
+                    raise DatabaseUnavailable(first_line(exc)) from exc
+                log.warning("database unavailable, retrying in %.1fs: %s", delay, first_line(exc))
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -166,7 +166,7 @@ class Supervisor:
         try:
             operation()
         except TRANSIENT_ERRORS as exc:
-            log.warning("database unavailable: %s", _first_line(exc))
+            log.warning("database unavailable: %s", first_line(exc))
 
 
 @dataclass
@@ -194,7 +194,7 @@ class JobRun:
             "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": supervisor.worker_id, "slot": slot.index,
         })
         self.job_dir = self.settings.job_dir(claim.job_id).resolve()
-        self.log_path = self.job_dir / "job.log"
+        self.log_path = self.settings.job_log(claim.job_id).resolve()
         self.reports = _Reports()
         self.reports_closed = False
         self.owned = True
@@ -218,7 +218,7 @@ class JobRun:
             self.log.exception("job %d: supervising it failed", self.claim.job_id)
             if child is not None and child.poll() is None:
                 self._kill_child(child)
-            reason = f"the worker failed while running this job: {type(exc).__name__}: {_first_line(exc)}"
+            reason = f"the worker failed while running this job: {type(exc).__name__}: {first_line(exc)}"
             self._write(lambda: queue.finish(self.engine, self.claim, "failed", error=reason[:2000]))
             return
         if ending == "lost":
@@ -448,8 +448,3 @@ def _tail_lines(path: Path, count: int) -> list[str]:
             return stream.read().decode("utf-8", errors="replace").splitlines()[-count:]
     except FileNotFoundError:
         return []
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

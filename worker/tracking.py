@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from worker.reporter import Reporter
+from worker.reporter import Reporter, first_line
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
@@ -65,7 +65,7 @@ class Tracker:
         except Exception as exc:
             if mode != "online":
                 raise
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             note = f"W&B online init failed ({reason}); the run was logged offline: upload it with its wandb sync command"
             print(f"trainboard: {note}", flush=True)
             mode = "offline"
