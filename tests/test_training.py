@@ -20,7 +20,7 @@ from bench.train_speed import Recorder, tutorial_loop
 from tests.conftest import write_cifar10
 from worker import train
 from worker.data import CIFAR_CACHE_NAME, ImageSet, cifar10, synthetic
-from worker.nets import build_model
+from worker.nets import PaddingAwareConv2d, build_model, live_taps, skip_padding_taps
 
 TINY = {
     "dataset": "synthetic",
@@ -237,6 +237,64 @@ def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
         assert set(rates[20:]) == {0.2}
     else:
         assert all(a >= b for a, b in zip(rates[20:], rates[21:])) and rates[-1] < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions that skip the taps meeting only padding
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, padding, expected",
+    [
+        (1, 3, 1, 1, (1, 2)),  # a 1x1 map: the centre tap only
+        (2, 3, 2, 1, (1, 3)),  # 2 pixels, stride 2: one output, which never sees the first tap
+        (2, 3, 1, 1, None),  # each tap meets a pixel at some output
+        (32, 7, 2, 3, None),
+        (1, 1, 1, 0, None),
+        (2, 7, 1, 3, (2, 5)),
+    ],
+)
+def test_live_taps_are_those_that_meet_a_pixel(size, kernel, stride, padding, expected):
+    assert live_taps(size, kernel, stride, padding) == expected
+
+
+@pytest.mark.parametrize(
+    "input_size, kernel, stride, padding, bias",
+    [((1, 1), 3, 1, 1, False), ((2, 2), 3, 2, 1, True), ((1, 4), 3, 1, 1, False), ((2, 3), (3, 5), 1, (1, 2), True), ((8, 8), 3, 1, 1, False)],
+)
+def test_a_padding_aware_convolution_computes_what_conv2d_does(input_size, kernel, stride, padding, bias):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(16, 24, kernel, stride=stride, padding=padding, bias=bias)
+    aware = PaddingAwareConv2d(16, 24, kernel, stride=stride, padding=padding, bias=bias)
+    aware.load_state_dict(plain.state_dict())
+    inputs = torch.randn(4, 16, *input_size, requires_grad=True)
+    outputs = [conv(inputs) for conv in (plain, aware)]
+    assert outputs[0].shape == outputs[1].shape and torch.allclose(outputs[0], outputs[1], atol=1e-5)
+    upstream = torch.randn_like(outputs[0])
+    grads = [torch.autograd.grad(out, [inputs, *conv.parameters()], upstream) for out, conv in zip(outputs, (plain, aware))]
+    for plain_grad, aware_grad in zip(*grads):
+        assert plain_grad.shape == aware_grad.shape and torch.allclose(plain_grad, aware_grad, atol=1e-5)
+
+
+def test_resnet18_on_cifar_sized_inputs_trains_alike_with_padding_taps_skipped():
+    torch.manual_seed(0)
+    plain = build_model("resnet18", pretrained=False)
+    aware = skip_padding_taps(build_model("resnet18", pretrained=False))
+    aware.load_state_dict(plain.state_dict())
+    assert isinstance(aware.layer4[1].conv2, PaddingAwareConv2d) and aware.state_dict().keys() == plain.state_dict().keys()
+    inputs, labels = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for model in (plain, aware):
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+    for (name, a), b in zip(plain.named_parameters(), aware.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    assert (aware.layer4[1].conv2.weight.grad[:, :, 0] == 0).all()  # the left-out taps' gradient, as before
+
+
+def test_training_on_the_cpu_skips_padding_taps():
+    params = resolve(pretrained=False, use_cuda=False)
+    training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=1)
+    assert isinstance(training.model.layer4[0].conv1, PaddingAwareConv2d)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The models: torchvision's ResNet-18 as the tutorial uses it, and a CIFAR-shaped variant."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet, ResNet18_Weights, resnet18
 
@@ -44,3 +45,51 @@ def _imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"the pretrained ResNet-18 weights could not be downloaded: {reason}; "
             f"set pretrained=false, or place {weights.url.rsplit('/', 1)[-1]} in {checkpoints}"
         ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Convolutions over maps smaller than their kernel's reach
+# ---------------------------------------------------------------------------------------------
+
+
+def live_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int] | None:
+    """The kernel taps [first, last + 1) that meet the input somewhere along one axis of `size`
+    pixels, when they are fewer than `kernel`; else None. A tap outside them multiplies zero
+    padding at every output position, so leaving it out (and as much padding) changes nothing."""
+    outputs = (size + 2 * padding - kernel) // stride + 1
+    first = max(0, padding - (outputs - 1) * stride)
+    last = min(kernel - 1, size - 1 + padding)
+    if first == 0 and last == kernel - 1:
+        return None
+    if (size + 2 * (padding - first) - (last - first + 1)) // stride + 1 != outputs:
+        return None
+    return first, last + 1
+
+
+class PaddingAwareConv2d(nn.Conv2d):
+    """A Conv2d that leaves out the taps which only meet zero padding for the input at hand.
+
+    On 32x32 inputs torchvision's resnet18 reaches layer4 with 1x1 maps, where each 3x3
+    convolution reduces to its centre tap: the other eight ninths multiply padding. oneDNN
+    computes them anyway, and on the CPU its backward pass is slow at that shape. Same parameters,
+    outputs and gradients (the left-out taps' gradients are zero either way)."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.padding_mode == "zeros" and not isinstance(self.padding, str) and self.dilation == (1, 1):
+            rows = live_taps(input.shape[-2], self.kernel_size[0], self.stride[0], self.padding[0])
+            columns = live_taps(input.shape[-1], self.kernel_size[1], self.stride[1], self.padding[1])
+            if rows or columns:
+                top, bottom = rows or (0, self.kernel_size[0])
+                left, right = columns or (0, self.kernel_size[1])
+                padding = (self.padding[0] - top, self.padding[1] - left)
+                return F.conv2d(input, weight[:, :, top:bottom, left:right], bias, self.stride, padding, 1, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
+def skip_padding_taps(model: nn.Module) -> nn.Module:
+    """Make every plain Conv2d of `model` a PaddingAwareConv2d, in place. The parameters (and any
+    hooks on them) and the state dict stay as they are."""
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = PaddingAwareConv2d
+    return model
