@@ -35,8 +35,10 @@ LIST_COLUMNS = ("lr", "batch_size", "epochs", "model", "dataset")
 LOG_TAIL_BYTES = 20_000
 EXAMPLES_DIR = "examples"  # in the job's folder, written by worker/train.py's save_examples
 COMPARE_MIN, COMPARE_MAX = 2, 10
-# How often the job page asks for its live fragment while the job is queued or running.
+# How often the job page asks for its live fragment while the job is queued or running, and the
+# list for its own (always: jobs submitted from scripts appear in it).
 LIVE_INTERVAL_MS = 2000
+LIST_LIVE_INTERVAL_MS = 5000
 
 
 def _age(moment: datetime | None) -> str:
@@ -318,29 +320,64 @@ def _page_link(status_filter: str | None, search: str | None, limit: int, offset
     return "/?" + encoded if encoded else "/"
 
 
+ListStatus = Annotated[str | None, Query(alias="status")]
+ListSearch = Annotated[str | None, Query(alias="q", max_length=128)]
+ListLimit = Annotated[int, Query(ge=1, le=500)]
+ListOffset = Annotated[int, Query(ge=0, le=10_000_000)]
+
+
 @router.get("/", response_class=HTMLResponse)
 def index(
     request: Request,
     engine: EngineDep,
-    status_filter: Annotated[str | None, Query(alias="status")] = None,
-    search: Annotated[str | None, Query(alias="q", max_length=128)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    status_filter: ListStatus = None,
+    search: ListSearch = None,
+    limit: ListLimit = 50,
+    offset: ListOffset = 0,
 ) -> HTMLResponse:
     return render_index(request, engine, status_filter if status_filter in STATUSES else None, limit, offset, search)
 
 
+@router.get("/live", response_class=HTMLResponse)
+def index_live_fragment(
+    request: Request,
+    engine: EngineDep,
+    status_filter: ListStatus = None,
+    search: ListSearch = None,
+    limit: ListLimit = 50,
+    offset: ListOffset = 0,
+) -> HTMLResponse:
+    """The part of the list that changes (counts, rows, pages) for the same query as `/`; the
+    list's script polls it and swaps it in."""
+    status_filter = status_filter if status_filter in STATUSES else None
+    response = render_index(request, engine, status_filter, limit, offset, search, template="index_live.html")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def render_index(
-    request: Request, engine: Engine, status_filter: str | None, limit: int, offset: int, search: str | None = None
+    request: Request,
+    engine: Engine,
+    status_filter: str | None,
+    limit: int,
+    offset: int,
+    search: str | None = None,
+    *,
+    template: str = "index.html",
 ) -> HTMLResponse:
     search = (search or "").strip() or None
     rows, counts = list_page(engine, status_filter=status_filter, search=search, limit=limit, offset=offset)
     jobs = [JobPublic.from_job(job) for job in rows]
     everything = sum(counts.values())
     total = counts.get(status_filter, 0) if status_filter else everything
+    query = _page_link(status_filter, search, limit, offset).removeprefix("/")
+    title = "trainboard"
+    if search or status_filter:
+        matching = f" matching “{search}”" if search else ""
+        title = f"{total} {status_filter + ' ' if status_filter else ''}jobs{matching} · trainboard"
     return templates.TemplateResponse(
         request,
-        "index.html",
+        template,
         {
             "jobs": jobs,
             "progress": {job.id: progress_view(job) for job in jobs if job.status == "running"},
@@ -357,6 +394,9 @@ def render_index(
             "older": _page_link(status_filter, search, limit, offset + limit) if offset + limit < total else None,
             "status_link": lambda s: _page_link(s, search, limit, 0),
             "clear_search": _page_link(status_filter, None, limit, 0),
+            "title": title,
+            "live_src": "/live" + query,
+            "live_interval": LIST_LIVE_INTERVAL_MS,
             "compare_max": COMPARE_MAX,
         },
     )

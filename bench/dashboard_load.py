@@ -204,6 +204,7 @@ def main() -> int:
             pages = [
                 ("GET /healthz (baseline)", "/healthz", {}, None),
                 ("GET / (list, HTML)", "/", HTML, TARGET_MS),
+                ("GET /live (the list's live fragment)", "/live", HTML, None),
                 ("GET /jobs?limit=50 (JSON)", "/jobs?limit=50", {}, TARGET_MS),
                 (f"GET /jobs/{long_job} ({args.epochs} epochs, HTML)", f"/jobs/{long_job}", HTML, TARGET_MS),
                 (f"GET /jobs/{long_job}/live (fragment)", f"/jobs/{long_job}/live", HTML, None),

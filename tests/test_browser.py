@@ -32,6 +32,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
+# The list polls every 5 s; an update shows within two polls.
+LIST_UPDATE_MS = 12_000
 # A job that trains in seconds on two shared cores.
 TINY_JOB = {
     "dataset": "synthetic",
@@ -196,6 +198,36 @@ def test_submit_watch_live_clone_and_compare(make_stack, page, screenshot):
     differing = page.locator("#params tr.differs th")
     assert [text.split()[-1] for text in differing.all_inner_texts()] == ["lr"]
     screenshot("compare")
+
+
+def test_the_list_follows_new_and_running_jobs_without_a_reload(make_stack, page):
+    stack = make_stack()
+    stack.serve()
+    tiny = {name: int(value) if value.isdigit() else value for name, value in TINY_JOB.items()}
+
+    page.goto(stack.base_url + "/")
+    expect(page.locator("#no-jobs")).to_be_visible()
+    page.evaluate("window.notReloaded = true")  # a reload would drop it
+    first = stack.submit(name="first-of-two", pretrained=False, **tiny)["id"]
+    expect(page.locator(f"#job-{first} .badge")).to_have_text("queued", timeout=LIST_UPDATE_MS)
+    page.get_by_label(f"Select job {first} (first-of-two) to compare").check()
+    expect(page.locator("#compare-hint")).to_have_text("1 selected.")
+
+    second = stack.submit(name="second-of-two", pretrained=False, **tiny)["id"]
+    expect(page.locator("#job-rows tr")).to_have_count(2, timeout=LIST_UPDATE_MS)
+    assert page.locator(f"#job-{second}").is_visible()
+    stack.worker()
+    for job_id in (first, second):
+        expect(page.locator(f"#job-{job_id} .badge")).to_have_text("succeeded", timeout=240_000)
+    expect(page.locator("#status-counts")).to_contain_text("succeeded 2", timeout=LIST_UPDATE_MS)
+    expect(page.locator(f"#job-{first} td.number")).to_have_text(re.compile(r"\d+\.\d\d%"), timeout=LIST_UPDATE_MS)
+
+    # The ticked box outlived every update of its row; the count goes on from it.
+    assert page.get_by_label(f"Select job {first} (first-of-two) to compare").is_checked()
+    page.get_by_label(f"Select job {second} (second-of-two) to compare").check()
+    expect(page.locator("#compare-hint")).to_have_text("2 selected.")
+    expect(page.get_by_role("button", name="Compare selected")).to_be_enabled()
+    assert page.evaluate("window.notReloaded") is True
 
 
 def test_cancel_a_queued_job_then_retry_it(make_stack, page):

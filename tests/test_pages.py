@@ -3,6 +3,7 @@ page and its live fragment, the form (clone), and the compare page. Jobs get the
 metrics through the queue functions a worker uses."""
 
 import re
+from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
@@ -52,6 +53,30 @@ def train(engine, epochs_done: int, epochs: int, *, batch: int = 10, batches: in
     if batch < batches:
         queue.record_progress(engine, claim, progress={"epoch": epochs_done, "epochs": epochs, "batch": batch, "batches": batches})
     return claim
+
+
+class _TopLevel(HTMLParser):
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__()
+        self.depth, self.ids = 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if self.depth == 0:
+            self.ids.append(dict(attrs).get("id"))
+        if tag not in self.VOID:
+            self.depth += 1
+
+    def handle_endtag(self, tag):
+        self.depth -= 1
+
+
+def fragment_ids(html: str) -> list[str | None]:
+    """The ids of a fragment's top-level elements, in order (None for one without an id)."""
+    parser = _TopLevel()
+    parser.feed(html)
+    return parser.ids
 
 
 def chart_titles(html: str, chart_id: str) -> list[str]:
@@ -120,11 +145,37 @@ def test_list_rows_have_compare_checkboxes_duration_and_wandb(client, engine):
     claim = train(engine, 2, 2)
     queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 30.0, "test_loss": 1.8})
     listing = page(client, "/")
-    assert 'type="checkbox" name="ids" value="1" form="compare-form"' in listing
+    assert 'type="checkbox" id="select-1" name="ids" value="1" form="compare-form"' in listing
     assert 'aria-label="Select job 1 (done) to compare"' in listing
     assert "30.00%" in listing and "2/2 epochs" in listing
     assert re.search(r"<td>\d+s</td>\s*</tr>", listing)  # duration
     assert re.search(r'title="[\d-]+ [\d:]+\+00:00">\d+s ago</time>', listing)
+
+
+def test_the_list_updates_live_from_a_fragment_of_the_same_query(client, engine):
+    submit(client, name="sweep-a", tags=["sweep"])
+    submit(client, name="other")
+    listing = page(client, "/?q=sweep&status=queued")
+    assert 'data-live-src="/live?status=queued&amp;q=sweep"' in listing
+    assert "<title>1 queued jobs matching “sweep” · trainboard</title>" in listing
+
+    fragment = client.get("/live?status=queued&q=sweep")
+    assert fragment.status_code == 200 and fragment.headers["cache-control"] == "no-store"
+    assert "<html" not in fragment.text and "<body" not in fragment.text
+    top_level_ids = fragment_ids(fragment.text)
+    assert top_level_ids == ["live-state", "status-counts", "results"]
+    for element_id in top_level_ids:
+        assert f'id="{element_id}"' in listing
+    assert '<tr id="job-1">' in fragment.text and 'id="job-2"' not in fragment.text
+    assert 'data-title="1 queued jobs matching “sweep” · trainboard"' in fragment.text
+
+    # A job that starts running changes its own row and the counts; the list's fragment shows it.
+    train(engine, 1, 4, batch=5)
+    assert "No queued jobs match “sweep”" in client.get("/live?status=queued&q=sweep").text
+    running = client.get("/live").text
+    assert re.search(r'<tr id="job-1">.*?<span class="badge running">running</span>', running, re.S)
+    assert 'running <span class="count">1</span>' in running
+    assert client.get("/live?limit=0").status_code == 422
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +210,7 @@ def test_live_fragment_is_the_changing_part_of_the_page(client, engine):
     assert fragment.status_code == 200 and fragment.headers["cache-control"] == "no-store"
     assert "<html" not in fragment.text and "<body" not in fragment.text
     assert '<span id="live-state" data-active="true" data-title="fragment (running) · trainboard" hidden>' in fragment.text
-    top_level_ids = re.findall(r'^<\w+ id="([\w-]+)"', fragment.text, re.M)
+    top_level_ids = fragment_ids(fragment.text)
     assert top_level_ids == [
         "live-state", "job-header", "problems", "summary", "charts", "examples-section", "artifacts-section",
         "epochs-section", "params-section", "log-section",

@@ -1,12 +1,14 @@
-// trainboard's only script: every page works without it; it adds live updates of a job's page,
-// copy buttons, a confirmation before cancelling, and the compare selection count.
+// trainboard's only script: every page works without it; it adds live updates of a job's page and
+// of the list, copy buttons, a confirmation before cancelling, and the compare selection count.
 // Served from /static (no inline scripts), so a Content-Security-Policy of script-src 'self' holds.
 "use strict";
 
-// ---- Live job page --------------------------------------------------------------------------
-// The server renders the changing parts of the page as a fragment whose top-level elements all
-// carry ids. Polling it and swapping only the elements that differ keeps hover, focus and
-// scroll positions everywhere else.
+// ---- Live pages -----------------------------------------------------------------------------
+// The server renders the changing parts of a page (a job's, the list) as a fragment whose
+// top-level elements all carry ids. Polling it and swapping only the elements that differ keeps
+// hover, focus, ticked boxes and scroll positions everywhere else. An element marked
+// data-swap-children whose children keep their ids and order is updated child by child, so a
+// table only swaps the rows that changed.
 
 function atBottom(element) {
   return element.scrollHeight - element.scrollTop - element.clientHeight < 8;
@@ -17,27 +19,76 @@ function swapChanged(container, html) {
   fresh.innerHTML = html;
   for (const next of Array.from(fresh.content.children)) {
     const current = next.id && document.getElementById(next.id);
-    if (!current || current.isEqualNode(next)) {
-      continue;
-    }
-    const focusedId = current.contains(document.activeElement) ? document.activeElement.id : "";
-    const followed = new Map();
-    for (const log of current.querySelectorAll("[data-follow]")) {
-      followed.set(log.id, atBottom(log) ? Infinity : log.scrollTop);
-    }
-    current.replaceWith(next);
-    for (const [id, top] of followed) {
-      const log = document.getElementById(id);
-      if (log) {
-        followedLogs.add(log);
-        log.scrollTop = top === Infinity ? log.scrollHeight : top;
-      }
-    }
-    enhance(next);
-    if (focusedId && document.getElementById(focusedId)) {
-      document.getElementById(focusedId).focus();
+    if (current) {
+      swapElement(current, next);
     }
   }
+}
+
+function sameChildIds(current, next) {
+  const before = Array.from(current.children, (child) => child.id);
+  const after = Array.from(next.children, (child) => child.id);
+  return before.length === after.length && before.every((id, index) => id && id === after[index]);
+}
+
+function swapElement(current, next) {
+  // data-keep: the page's own state lives there (the compare bar's count); left as it is.
+  if (current.isEqualNode(next) || "keep" in current.dataset) {
+    return;
+  }
+  if ("swapChildren" in current.dataset && sameChildIds(current, next)) {
+    const pairs = Array.from(current.children, (child, index) => [child, next.children[index]]);
+    for (const [child, nextChild] of pairs) {
+      swapElement(child, nextChild);
+    }
+    for (const name of current.getAttributeNames()) {
+      if (!next.hasAttribute(name)) current.removeAttribute(name);
+    }
+    for (const name of next.getAttributeNames()) {
+      current.setAttribute(name, next.getAttribute(name));
+    }
+    return;
+  }
+  const focus = focusPlace(current);
+  const followed = new Map();
+  for (const log of current.querySelectorAll("[data-follow]")) {
+    followed.set(log.id, atBottom(log) ? Infinity : log.scrollTop);
+  }
+  for (const box of current.querySelectorAll("input[type=checkbox][id]:checked")) {
+    const same = next.querySelector(`#${CSS.escape(box.id)}`);
+    if (same) same.checked = true;
+  }
+  current.replaceWith(next);
+  for (const [id, top] of followed) {
+    const log = document.getElementById(id);
+    if (log) {
+      followedLogs.add(log);
+      log.scrollTop = top === Infinity ? log.scrollHeight : top;
+    }
+  }
+  enhance(next);
+  restoreFocus(focus);
+}
+
+const FOCUSABLE = "a[href], button, input, select, textarea, [tabindex]";
+
+// Where the focus is inside `element`, if it is: the nearest element with an id around it and
+// its position among that element's focusable descendants.
+function focusPlace(element) {
+  const active = document.activeElement;
+  if (!active || active === document.body || !element.contains(active)) {
+    return null;
+  }
+  const anchor = active.id ? active : active.parentElement.closest("[id]");
+  const index = Array.from(anchor.querySelectorAll(FOCUSABLE)).indexOf(active);
+  return { id: anchor.id, index };
+}
+
+function restoreFocus(place) {
+  const anchor = place && document.getElementById(place.id);
+  if (!anchor) return;
+  const target = place.index < 0 ? anchor : anchor.querySelectorAll(FOCUSABLE)[place.index];
+  if (target) target.focus();
 }
 
 function followLive(container) {
@@ -109,6 +160,7 @@ function followLive(container) {
 const followedLogs = new WeakSet();
 
 function enhance(root) {
+  updateCompareSelection();
   for (const log of root.querySelectorAll("[data-follow]")) {
     if (!followedLogs.has(log)) {
       followedLogs.add(log);
@@ -157,25 +209,27 @@ document.addEventListener("submit", (event) => {
 });
 
 // ---- Compare selection on the list ----------------------------------------------------------
+// The list's rows are swapped while it updates live, so the count is worked out from the
+// boxes present each time, and their changes are heard on the document.
 
-function watchCompareSelection(form) {
+function updateCompareSelection() {
+  const form = document.getElementById("compare-form");
+  if (!form) return;
   const button = document.getElementById("compare-button");
   const hint = document.getElementById("compare-hint");
-  const boxes = document.querySelectorAll(`input[form="${form.id}"]`);
+  const count = document.querySelectorAll(`input[form="${form.id}"]:checked`).length;
   const low = Number(form.dataset.min);
   const high = Number(form.dataset.max);
-  const initial = hint.textContent;
-  function update() {
-    const count = Array.from(boxes).filter((box) => box.checked).length;
-    button.disabled = count < low || count > high;
-    hint.textContent = count === 0 ? initial
-      : count > high ? `${count} selected: at most ${high}.` : `${count} selected.`;
-  }
-  for (const box of boxes) {
-    box.addEventListener("change", update);
-  }
-  update();
+  button.disabled = count < low || count > high;
+  hint.textContent = count === 0 ? hint.dataset.hint
+    : count > high ? `${count} selected: at most ${high}.` : `${count} selected.`;
 }
+
+document.addEventListener("change", (event) => {
+  if (event.target.matches('input[form="compare-form"]')) {
+    updateCompareSelection();
+  }
+});
 
 document.documentElement.classList.add("js");
 
@@ -184,6 +238,4 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const container of document.querySelectorAll("[data-live-src]")) {
     followLive(container);
   }
-  const compare = document.getElementById("compare-form");
-  if (compare) watchCompareSelection(compare);
 });
