@@ -4,6 +4,7 @@ repeat, metrics mean what the tutorial's mean, the CIFAR-10 tensor cache follows
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -363,3 +364,18 @@ def test_the_cifar_cache_is_reused_then_rebuilt_when_the_files_change(tmp_path):
     assert cache.stat().st_mtime_ns != built
     assert not torch.equal(changed.train_images, first.train_images)
     assert torch.equal(cifar10(tmp_path, verify=False).train_images, changed.train_images)
+
+
+# ---------------------------------------------------------------------------------------------
+# The speed benchmark's command line
+# ---------------------------------------------------------------------------------------------
+
+
+def test_the_speed_benchmark_runs_and_reports_its_figures():
+    command = [sys.executable, "-m", "bench.train_speed", "--device", "cpu", "--train-size", "64", "--test-size", "32",
+               "--batch-size", "32", "--epochs", "2", "--rounds", "1", "--wandb"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert result.returncode == 0, result.stderr
+    for figure in (r"ratio: +\d+\.\d\dx", r"takes \d+% of its training time: the same model work without it is at most \d+\.\d\dx",
+                   r"overhead: +-?\d+\.\d%"):
+        assert re.search(figure, result.stdout), f"{figure!r} not in:\n{result.stdout}"
