@@ -68,6 +68,10 @@ class _TopLevel(HTMLParser):
         if tag not in self.VOID:
             self.depth += 1
 
+    def handle_startendtag(self, tag, attrs):
+        if self.depth == 0:
+            self.ids.append(dict(attrs).get("id"))
+
     def handle_endtag(self, tag):
         self.depth -= 1
 
@@ -134,10 +138,10 @@ def test_list_pages_keep_the_filters(client):
     first = page(client, "/?q=pages&limit=2")
     assert first.count('name="ids"') == 2
     assert "1–2 of 5" in first
-    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" rel="next"' in first
+    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" id="older" rel="next"' in first
     last = page(client, "/?q=pages&limit=2&offset=4")
     assert ">paged-0<" in last and 'rel="next"' not in last
-    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" rel="prev"' in last
+    assert 'href="/?q=pages&amp;offset=2&amp;limit=2" id="newer" rel="prev"' in last
 
 
 def test_list_rows_have_compare_checkboxes_duration_and_wandb(client, engine):

@@ -59,8 +59,8 @@ def live_taps(size: int, kernel: int, stride: int, padding: int) -> tuple[int, i
     outputs = (size + 2 * padding - kernel) // stride + 1
     first = max(0, padding - (outputs - 1) * stride)
     last = min(kernel - 1, size - 1 + padding)
-    if first == 0 and last == kernel - 1:
-        return None
+    if outputs < 1 or first > last or (first == 0 and last == kernel - 1):
+        return None  # an input too small for the kernel, one that no tap meets, or nothing to skip
     if (size + 2 * (padding - first) - (last - first + 1)) // stride + 1 != outputs:
         return None
     return first, last + 1

@@ -88,7 +88,7 @@ function restoreFocus(place) {
   const anchor = place && document.getElementById(place.id);
   if (!anchor) return;
   const target = place.index < 0 ? anchor : anchor.querySelectorAll(FOCUSABLE)[place.index];
-  if (target) target.focus();
+  if (target) target.focus({ preventScroll: true });
 }
 
 function followLive(container) {
@@ -221,8 +221,11 @@ function updateCompareSelection() {
   const low = Number(form.dataset.min);
   const high = Number(form.dataset.max);
   button.disabled = count < low || count > high;
-  hint.textContent = count === 0 ? hint.dataset.hint
+  const text = count === 0 ? hint.dataset.hint
     : count > high ? `${count} selected: at most ${high}.` : `${count} selected.`;
+  if (hint.textContent !== text) {
+    hint.textContent = text;  // a live region: set only on a change, so it is announced once
+  }
 }
 
 document.addEventListener("change", (event) => {
