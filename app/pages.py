@@ -6,6 +6,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib.resources import files
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -320,37 +321,40 @@ def _page_link(status_filter: str | None, search: str | None, limit: int, offset
     return "/?" + encoded if encoded else "/"
 
 
-ListStatus = Annotated[str | None, Query(alias="status")]
-ListSearch = Annotated[str | None, Query(alias="q", max_length=128)]
-ListLimit = Annotated[int, Query(ge=1, le=500)]
-ListOffset = Annotated[int, Query(ge=0, le=10_000_000)]
+@dataclass(frozen=True)
+class ListQuery:
+    """What the list shows: `/` and its live fragment `/live` take the same query parameters."""
+
+    status_filter: str | None
+    search: str | None
+    limit: int
+    offset: int
+
+
+def list_query(
+    status_filter: Annotated[str | None, Query(alias="status")] = None,
+    search: Annotated[str | None, Query(alias="q", max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> ListQuery:
+    return ListQuery(status_filter if status_filter in STATUSES else None, search, limit, offset)
+
+
+ListQueryDep = Annotated[ListQuery, Depends(list_query)]
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(
-    request: Request,
-    engine: EngineDep,
-    status_filter: ListStatus = None,
-    search: ListSearch = None,
-    limit: ListLimit = 50,
-    offset: ListOffset = 0,
-) -> HTMLResponse:
-    return render_index(request, engine, status_filter if status_filter in STATUSES else None, limit, offset, search)
+def index(request: Request, engine: EngineDep, query: ListQueryDep) -> HTMLResponse:
+    return render_index(request, engine, query.status_filter, query.limit, query.offset, query.search)
 
 
 @router.get("/live", response_class=HTMLResponse)
-def index_live_fragment(
-    request: Request,
-    engine: EngineDep,
-    status_filter: ListStatus = None,
-    search: ListSearch = None,
-    limit: ListLimit = 50,
-    offset: ListOffset = 0,
-) -> HTMLResponse:
+def index_live_fragment(request: Request, engine: EngineDep, query: ListQueryDep) -> HTMLResponse:
     """The part of the list that changes (counts, rows, pages) for the same query as `/`; the
     list's script polls it and swaps it in."""
-    status_filter = status_filter if status_filter in STATUSES else None
-    response = render_index(request, engine, status_filter, limit, offset, search, template="index_live.html")
+    response = render_index(
+        request, engine, query.status_filter, query.limit, query.offset, query.search, template="index_live.html"
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
