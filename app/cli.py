@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--token", help="access token (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
             command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
-            command.add_argument("params", nargs="*", metavar="key=value")
+            command.add_argument(
+                "params", nargs="*", metavar="key=value",
+                help='job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=\'["sweep"]\' '
+                "(every field and its bounds: the form at /jobs/new, or /docs)",
+            )
         else:
             command.add_argument("job_id", type=int)
         if name == "status":
