@@ -1,4 +1,5 @@
-"""The models: torchvision's ResNet-18 as the tutorial uses it, and a CIFAR-shaped variant."""
+"""The models: torchvision's ResNet-18 as the tutorial uses it, and a CIFAR-shaped variant; and
+a form of their convolutions that skips the arithmetic on zero padding, for small maps on the CPU."""
 
 import torch
 import torch.nn.functional as F

@@ -21,7 +21,7 @@ loop never waits for the device except every log_interval batches, when the trai
 on the device) is read. On the CPU the model's convolutions skip the kernel taps that only ever
 meet zero padding (worker/nets.py): on 32x32 images layer4's 3x3 convolutions see 1x1 maps.
 What all that buys depends on the device. On this project's 2-core CPU the tutorial config
-trains about 1.12 times as fast as the tutorial's own loop: in fp32 both spend most of a step in
+trains 1.11 to 1.14 times as fast as the tutorial's own loop: in fp32 both spend most of a step in
 the same convolution arithmetic, and the tutorial's per-image PIL work (about 70 us an image) is
 a few percent of it. On a GPU that per-image work is the bottleneck, and small batches are bound
 by kernel launches (compile=reduce-overhead replays them as CUDA graphs). Measured with
