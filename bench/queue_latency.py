@@ -44,17 +44,19 @@ def sqlite_database(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def postgres_database(server_url: str) -> Iterator[str]:
-    """A database of its own on the server, dropped afterwards."""
+def postgres_database(server_url: str, prefix: str = "trainboard_bench") -> Iterator[str]:
+    """A database of its own on the server, dropped afterwards (the test suite's too)."""
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"trainboard_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
         with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
         admin.dispose()
 
 

@@ -7,22 +7,22 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 
 from fastapi.testclient import TestClient
 
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import Settings
+from bench.queue_latency import postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TRAINBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -60,22 +60,14 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh database on the PostgreSQL server, dropped afterwards. In CI it must be reachable."""
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"trainboard_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        if IN_CI:
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable in CI: {exc}")
-        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with ExitStack() as databases:
+        try:
+            url = databases.enter_context(postgres_database(POSTGRES_URL, prefix="trainboard_test"))
+        except Exception as exc:
+            if IN_CI:
+                pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable in CI: {exc}")
+            pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

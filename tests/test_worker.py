@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from app import queue
 from app.models import Job, JobCreate
+from app.settings import Settings
 from tests.conftest import POSTGRES_URL, wait_for
 
 pytestmark = pytest.mark.slow
@@ -80,8 +81,10 @@ def alive(pid: int) -> bool:
         return False
 
 
-def job_dir(tmp_path: Path, job_id: int) -> Path:
-    return tmp_path / "artifacts" / "jobs" / str(job_id)
+def wait_child(tmp_path: Path, job_id: int) -> int:
+    """The pid of the job's training process, once a slot of the stack in tmp_path has started it."""
+    folder = Settings(artifacts_dir=tmp_path / "artifacts", _env_file=None).job_dir(job_id)
+    return wait_for(lambda: training_child(folder), 10, message="the training child")
 
 
 def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_the_job(
@@ -91,7 +94,7 @@ def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_th
     job = submit(engine, epochs=3)
     doomed = stack.worker()
     wait_training(engine, job.id, stack)
-    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    child = wait_child(tmp_path, job.id)
 
     doomed.kill()
     doomed.wait()
@@ -120,7 +123,7 @@ def test_cancel_and_retry_through_the_api(database_url: str, make_stack, tmp_pat
     stack.worker()
     stack.wait_status(running["id"], ("running",))
     wait_for(lambda: "test_accuracy" in stack.job(running["id"])["metrics"], 240, message="a first epoch")
-    child = wait_for(lambda: training_child(job_dir(tmp_path, running["id"])), 10, message="the training child")
+    child = wait_child(tmp_path, running["id"])
     refused = client.post(f"/jobs/{running['id']}/retry")
     assert refused.status_code == 409 and "running" in refused.json()["detail"]
 
@@ -155,7 +158,7 @@ def test_a_stopping_worker_puts_its_job_back_without_spending_an_attempt(
     job = submit(engine, epochs=100)
     worker = stack.worker()
     wait_training(engine, job.id, stack)
-    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    child = wait_child(tmp_path, job.id)
 
     worker.send_signal(signal.SIGTERM)
     try:
@@ -178,7 +181,7 @@ def test_a_lease_lost_on_the_last_attempt_fails_the_job_and_fences_out_its_froze
     assert job["max_attempts"] == 1
     frozen = stack.worker()
     wait_training(engine, job["id"], stack)
-    child = wait_for(lambda: training_child(job_dir(tmp_path, job["id"])), 10, message="the training child")
+    child = wait_child(tmp_path, job["id"])
 
     # The worker stops heartbeating while its child trains on; another worker's reaper sees the
     # lease expire and, with no attempt left, fails the job.
@@ -208,7 +211,7 @@ def test_a_child_that_dies_without_a_result_fails_its_job_with_the_signal_and_it
     job = submit(engine, epochs=100)
     worker = stack.worker()
     wait_training(engine, job.id, stack)
-    os.kill(wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child"), signal.SIGKILL)
+    os.kill(wait_child(tmp_path, job.id), signal.SIGKILL)
 
     failed = wait_finished(engine, job.id, stack)
     assert failed.status == "failed" and failed.attempts == 1
@@ -228,7 +231,7 @@ def test_the_training_child_gets_only_the_environment_it_needs(
     job = submit(engine, epochs=50)
     stack.worker()
     wait_training(engine, job.id, stack)
-    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    child = wait_child(tmp_path, job.id)
     environment = dict(
         entry.split("=", 1) for entry in Path(f"/proc/{child}/environ").read_text().split("\0") if "=" in entry
     )
@@ -277,7 +280,7 @@ def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(
     job = submit(engine, epochs=100)
     worker = stack.worker()
     wait_training(engine, job.id, stack)
-    child = wait_for(lambda: training_child(job_dir(tmp_path, job.id)), 10, message="the training child")
+    child = wait_child(tmp_path, job.id)
     # The child ignores the worker's polite SIGTERM, as a training step stuck in a kernel would.
     os.kill(child, signal.SIGSTOP)
 

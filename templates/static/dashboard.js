@@ -23,6 +23,7 @@ function swapChanged(container, html) {
       swapElement(current, next);
     }
   }
+  updateCompareSelection();
 }
 
 function sameChildIds(current, next) {
@@ -160,7 +161,6 @@ function followLive(container) {
 const followedLogs = new WeakSet();
 
 function enhance(root) {
-  updateCompareSelection();
   for (const log of root.querySelectorAll("[data-follow]")) {
     if (!followedLogs.has(log)) {
       followedLogs.add(log);
@@ -238,6 +238,7 @@ document.documentElement.classList.add("js");
 
 document.addEventListener("DOMContentLoaded", () => {
   enhance(document);
+  updateCompareSelection();
   for (const container of document.querySelectorAll("[data-live-src]")) {
     followLive(container);
   }
