@@ -250,8 +250,9 @@ def test_a_worker_rides_out_dropped_database_connections(database_url: str, engi
     worker = stack.worker()
     wait_training(engine, job.id, stack)
 
-    # For three seconds, PostgreSQL drops every connection to the test's database as it appears:
-    # heartbeats, progress writes and the LISTEN connection all fail and must be retried.
+    # For three seconds the test's database refuses new connections and PostgreSQL drops the open
+    # ones: heartbeats, progress writes and the LISTEN connection all fail and must be retried.
+    name = make_url(database_url).database
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     terminate = text(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = :name AND pid <> pg_backend_pid()"
@@ -259,9 +260,13 @@ def test_a_worker_rides_out_dropped_database_connections(database_url: str, engi
     dropped = 0
     deadline = time.monotonic() + 3
     with admin.connect() as connection:
-        while time.monotonic() < deadline:
-            dropped += connection.execute(terminate, {"name": make_url(database_url).database}).scalar_one()
-            time.sleep(0.05)
+        connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        try:
+            while time.monotonic() < deadline:
+                dropped += connection.execute(terminate, {"name": name}).scalar_one()
+                time.sleep(0.05)
+        finally:
+            connection.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
     admin.dispose()
     assert dropped > 0
 
