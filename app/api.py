@@ -98,7 +98,7 @@ def read_job_log(
 ) -> PlainTextResponse:
     """The output of the job's training process (the last `tail` bytes)."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    return PlainTextResponse(pages.read_tail(settings.job_log(job_id), tail))
+    return PlainTextResponse(settings.job_files(job_id).log_tail(tail))
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])

@@ -1,6 +1,7 @@
 """The data model: job parameters as the API takes them, the tables, and what the API shows."""
 
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
@@ -10,9 +11,20 @@ from sqlmodel import Field as ColumnField
 
 from app.presets import PRESETS, TUTORIAL
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-FINISHED_STATUSES: tuple[str, ...] = ("succeeded", "failed", "cancelled")
-STATUSES: tuple[str, ...] = ("queued", "running", *FINISHED_STATUSES)
+
+
+# Where a job is in its lifecycle (the `status` column, the API, the pages and the CLI spell it so).
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
+STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, *FINISHED_STATUSES)
 
 # W&B's rules: project names may not contain / \ # ? % :, entities are user or team slugs.
 WandbProject = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\\#?%:\s]+$")]
@@ -168,7 +180,7 @@ class Job(SQLModel, table=True):
 
     id: int | None = ColumnField(default=None, primary_key=True)
     name: str = ColumnField(max_length=128)
-    status: str = ColumnField(default="queued", max_length=16)
+    status: str = ColumnField(default=JobStatus.QUEUED, max_length=16)
     params: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     progress: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     metrics: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))

@@ -560,7 +560,7 @@ def read_examples(settings: Settings, job_id: int) -> dict[str, Any] | None:
 def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
     public = JobPublic.from_job(job)
     points = metric_points(engine, [job])[job.id]
-    log = read_tail(settings.job_log(job.id), LOG_TAIL_BYTES)
+    log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
     return {

@@ -1,5 +1,6 @@
 """Settings for the app and the workers: environment variables prefixed TRAINBOARD_, or `.env`."""
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,9 +43,47 @@ class Settings(BaseSettings):
     def job_dir(self, job_id: int) -> Path:
         return self.artifacts_dir / "jobs" / str(job_id)
 
-    def job_log(self, job_id: int) -> Path:
+    def job_files(self, job_id: int) -> "JobFiles":
+        return JobFiles(self.job_dir(job_id))
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """The layout of a job's folder: the worker and its training child write it, the app reads it."""
+
+    root: Path
+
+    @property
+    def log(self) -> Path:
         """The output of every attempt of the job's training process."""
-        return self.job_dir(job_id) / "job.log"
+        return self.root / "job.log"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.pth"
+
+    @property
+    def examples_dir(self) -> Path:
+        """The last evaluated epoch's example predictions (PNGs) and their manifest."""
+        return self.root / "examples"
+
+    @property
+    def examples_manifest(self) -> Path:
+        """{"epoch": n, "examples": [{"file", "caption"}]}"""
+        return self.examples_dir / "examples.json"
+
+    def artifact(self, name: str) -> Path:
+        return self.root / name
+
+    def log_tail(self, max_bytes: int) -> str:
+        """The last max_bytes of the log (decoded leniently), or "" before there is one."""
+        try:
+            with self.log.open("rb") as log:
+                log.seek(0, 2)
+                log.seek(max(0, log.tell() - max_bytes))
+                return log.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
 
 
 @lru_cache

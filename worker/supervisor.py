@@ -194,7 +194,7 @@ class JobRun:
             "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": supervisor.worker_id, "slot": slot.index,
         })
         self.job_dir = self.settings.job_dir(claim.job_id).resolve()
-        self.log_path = self.settings.job_log(claim.job_id).resolve()
+        self.log_path = self.settings.job_files(claim.job_id).log.resolve()
         self.reports = _Reports()
         self.reports_closed = False
         self.owned = True
