@@ -1,14 +1,18 @@
-"""The JSON API: submit, list, read, cancel and retry jobs; artifacts, logs, workers, health."""
+"""The JSON API: submit, list, read, cancel and retry jobs; artifacts, logs, workers, health.
+
+Browsers asking for a URL this API shares get app/pages.py's page instead (see deps.PageRoute);
+every route here answers JSON (or a file) only.
+"""
 
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from app import pages, queue
-from app.deps import EngineDep, JobId, SettingsDep, wants_html
-from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint
+from app import queue, reads
+from app.deps import EngineDep, JobId, SettingsDep
+from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint, WorkerPublic, utcnow
 
 router = APIRouter()
 
@@ -58,26 +62,20 @@ def create_job(
 
 @router.get("/jobs", response_model=JobPage, tags=["jobs"])
 def list_jobs(
-    request: Request,
     engine: EngineDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-):
+) -> JobPage:
     """Jobs, newest first."""
-    if wants_html(request):
-        return pages.render_index(request, engine, status_filter, limit, offset)
-    jobs, total = queue.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
-    return JobPage(items=[JobPublic.from_job(job) for job in jobs], total=total, limit=limit, offset=offset)
+    listing = reads.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
+    return JobPage(items=[JobPublic.from_job(job) for job in listing.jobs], total=listing.total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
-def read_job(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep):
+def read_job(job_id: JobId, engine: EngineDep) -> JobPublic:
     """One job. A browser gets its page, anything else its JSON."""
-    job = queue.get_job(engine, job_id)
-    if wants_html(request):
-        return pages.render_job(request, engine, settings, job)
-    return JobPublic.from_job(job)
+    return JobPublic.from_job(queue.get_job(engine, job_id))
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, tags=["jobs"])
@@ -88,7 +86,7 @@ def read_job_metrics(
     queue.get_job(engine, job_id)  # an unknown job is a 404
     return [
         MetricPoint(attempt=m.attempt, kind=m.kind, step=m.step, values=m.values)
-        for m in queue.job_metrics(engine, job_id, kind)
+        for m in reads.job_metrics(engine, job_id, kind)
     ]
 
 
@@ -107,7 +105,7 @@ def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: Set
     job = queue.get_job(engine, job_id)
     if name not in {artifact["name"] for artifact in job.artifacts}:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact named {name!r}")
-    path = settings.job_dir(job_id) / name
+    path = settings.job_files(job_id).artifact(name)
     if not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {name!r} of job {job_id} is missing on disk")
     return FileResponse(path, filename=name, media_type="application/octet-stream")
@@ -117,39 +115,31 @@ def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: Set
 def download_example(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
     """One of the last evaluated epoch's example predictions (PNG). Only names it lists resolve."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    examples = pages.read_examples(settings, job_id) or {"examples": []}
+    examples = reads.read_examples(settings, job_id) or {"examples": []}
     if name not in {example["file"] for example in examples["examples"]}:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no example named {name!r}")
-    return FileResponse(settings.job_dir(job_id) / pages.EXAMPLES_DIR / name, media_type="image/png")
+    return FileResponse(settings.job_files(job_id).examples_dir / name, media_type="image/png")
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
-def cancel_job(job_id: JobId, request: Request, engine: EngineDep):
+def cancel_job(job_id: JobId, engine: EngineDep) -> JobPublic:
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
-    job = queue.request_cancel(engine, job_id)
-    if wants_html(request):
-        return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
-    return JobPublic.from_job(job)
+    return JobPublic.from_job(queue.request_cancel(engine, job_id))
 
 
 @router.post(
     "/jobs/{job_id}/retry", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
     responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL}, tags=["jobs"],
 )
-def retry_job(job_id: JobId, request: Request, response: Response, engine: EngineDep, settings: SettingsDep):
+def retry_job(job_id: JobId, response: Response, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
-    if wants_html(request):
-        return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
 
 
-@router.get("/workers", tags=["workers"])
-def list_workers(request: Request, engine: EngineDep, settings: SettingsDep):
+@router.get("/workers", response_model=list[WorkerPublic], tags=["workers"])
+def list_workers(engine: EngineDep, settings: SettingsDep) -> list[WorkerPublic]:
     """Registered workers, their slots and what each runs; `alive` from their heartbeats."""
-    workers = pages.worker_rows(engine, settings)
-    if wants_html(request):
-        return pages.render_workers(request, workers)
-    return workers
+    return reads.worker_views(engine, settings.lease_seconds, utcnow())
 

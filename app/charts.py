@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from app import formatting
+
 WIDTH, HEIGHT = 640, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 36
 # More points than this are averaged in buckets: a 500-epoch run logs tens of thousands of
@@ -163,3 +165,34 @@ def line_chart(
         parts.append("</g>")
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+# ---------------------------------------------------------------------------------------------
+# The charts a job page and the compare page draw
+# ---------------------------------------------------------------------------------------------
+
+# (chart id, title, kind, value name, x label, format)
+CATALOGUE = (
+    ("test-accuracy-chart", "Test Accuracy (%)", "epoch", "test_accuracy", "epoch", formatting.percent),
+    ("test-loss-chart", "Test Loss (per sample)", "epoch", "test_loss", "epoch", formatting.loss),
+    ("train-loss-chart", "Train loss (epoch mean)", "epoch", "train_loss", "epoch", formatting.loss),
+    ("train-loss-steps-chart", "Train loss (every log_interval batches)", "train", "train_loss", "batch", formatting.loss),
+)
+
+
+def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple]]]]) -> list[tuple[str, Markup]]:
+    """(caption, SVG) per chart of the catalogue, each series one job's points as app/reads.py's
+    metric_points gives them."""
+    drawn = []
+    for chart_id, title, kind, value, x_label, value_format in CATALOGUE:
+        if kind == "train":
+            series = [Series(label, points["train"]) for label, points in labelled_points]
+        else:
+            series = [
+                Series(label, [(step, values.get(value)) for step, values in points["epoch"]])
+                for label, points in labelled_points
+            ]
+        # Every epoch keeps its own point (JobCreate bounds epochs at 1000); train-loss points are thinned.
+        max_points = MAX_POINTS if kind == "train" else 1000
+        drawn.append((title, line_chart(chart_id, title, series, x_label=x_label, value_format=value_format, max_points=max_points)))
+    return drawn

@@ -1,9 +1,14 @@
-"""Request dependencies shared by the JSON API and the pages."""
+"""Request dependencies shared by the JSON API and the pages, and content negotiation: which of
+the two answers a request for a URL they share."""
 
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.routing import APIRoute
 from sqlalchemy import Engine
+from starlette.datastructures import Headers
+from starlette.routing import Match
+from starlette.types import Scope
 
 from app.db import get_engine
 from app.settings import Settings
@@ -23,10 +28,25 @@ def engine_dependency(settings: SettingsDep) -> Engine:
 EngineDep = Annotated[Engine, Depends(engine_dependency)]
 
 
+def _accepts_html(headers: Headers) -> bool:
+    return "text/html" in headers.get("accept", "")
+
+
 def wants_html(request: Request) -> bool:
     """Browsers ask for text/html first; scripts and curl don't. A browser always gets a page."""
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept
+    return _accepts_html(request.headers)
+
+
+class PageRoute(APIRoute):
+    """A page at a URL the JSON API also serves (`/jobs/{id}`, `/workers`...): it matches only
+    requests that want HTML, so every other request falls through to the API's route. The page
+    router is included before the API's."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child_scope = super().matches(scope)
+        if match is not Match.NONE and not _accepts_html(Headers(scope=scope)):
+            return Match.NONE, {}
+        return match, child_scope
 
 
 # Ids fit a signed 64-bit column on every database; a larger one is simply not found.

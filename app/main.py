@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import api, metrics, pages, security
+from app.templating import STATIC_DIR, templates
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
 
@@ -30,12 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.exception_handler(RequestValidationError)(validation_error)
     for refusal in api.QUEUE_REFUSALS:
         app.exception_handler(refusal)(api.queue_refusal)
-    app.mount("/static", StaticFiles(directory=pages.TEMPLATES_DIR / "static"), name="static")
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.middleware("http")(security.guard)
     app.add_middleware(security.BodyLimit)
-    pages.templates.env.globals["csrf_token"] = security.csrf_token
+    templates.env.globals["csrf_token"] = security.csrf_token
     app.include_router(security.router)
     app.include_router(pages.router)
+    app.include_router(pages.shared_router)  # before the API's: browsers get the page at a shared URL
     app.include_router(api.router)
     app.include_router(metrics.router)
     return app

@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import Engine, func, select
 
-from app import queue
+from app import queue, reads
 from app.db import get_engine, session_scope
 from app.models import FINISHED_STATUSES, STATUSES, Job, as_utc, utcnow
 
@@ -70,7 +70,7 @@ class DatabaseCollector:
         )
 
         now = utcnow()
-        workers = [w for w in queue.list_workers(self.engine) if queue.worker_alive(w, self.lease_seconds, now)]
+        workers = [w for w in reads.list_workers(self.engine) if queue.worker_alive(w, self.lease_seconds, now)]
         yield GaugeMetricFamily("trainboard_workers_alive", "Workers heartbeating within a lease", value=len(workers))
 
         utilization = GaugeMetricFamily(

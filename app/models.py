@@ -292,6 +292,27 @@ class JobPublic(BaseModel):
         )
 
 
+# A worker slot as its worker reports it: the device, the job it runs, and its GPU's load with NVML.
+class SlotPublic(BaseModel):
+    index: int
+    device: str
+    gpu_name: str | None = None
+    job_id: int | None = None
+    gpu: dict[str, float] | None = None
+
+
+# A worker as the API shows it; `alive` from its heartbeats.
+class WorkerPublic(BaseModel):
+    id: str
+    host: str
+    pid: int
+    slots: list[SlotPublic]
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+
+
 class JobPage(BaseModel):
     items: list[JobPublic]
     total: int

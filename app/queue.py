@@ -1,6 +1,7 @@
 """The queue protocol: submit, claim, lease renewal, fenced writes, cancel, and the reaper.
 
-This is the only module whose SQL differs between SQLite and PostgreSQL. Every write a worker
+Its SQL and app/reads.py's (the reads the API and the pages share) are the only SQL that differs
+between SQLite and PostgreSQL. Every write a worker
 makes about a job is fenced on (id, worker_id, attempt, status='running'): zero rows updated
 means the job is no longer that worker's, and the caller must stop and write nothing more.
 """
@@ -94,26 +95,6 @@ def get_job(engine: Engine, job_id: int) -> Job:
     if job is None:
         raise JobNotFound(job_id)
     return job
-
-
-def list_jobs(engine: Engine, *, status: str | None, limit: int, offset: int) -> tuple[list[Job], int]:
-    query = select(Job)
-    count = select(func.count()).select_from(Job)
-    if status:
-        query = query.where(Job.status == status)
-        count = count.where(Job.status == status)
-    with session_scope(engine) as session:
-        jobs = list(session.scalars(query.order_by(col(Job.id).desc()).limit(limit).offset(offset)))
-        total = session.scalar(count) or 0
-    return jobs, total
-
-
-def job_metrics(engine: Engine, job_id: int, kind: str | None = None) -> list[JobMetric]:
-    query = select(JobMetric).where(JobMetric.job_id == job_id)
-    if kind:
-        query = query.where(JobMetric.kind == kind)
-    with session_scope(engine) as session:
-        return list(session.scalars(query.order_by(col(JobMetric.id))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,11 +357,6 @@ def worker_heartbeat(engine: Engine, worker_id: str, slots: list[dict[str, Any]]
 def worker_alive(worker: Worker, lease_seconds: float, now: datetime) -> bool:
     """Alive: not stopped, and heartbeating within a lease (after which its jobs may be reaped)."""
     return worker.stopped_at is None and now - as_utc(worker.heartbeat_at) < timedelta(seconds=lease_seconds)
-
-
-def list_workers(engine: Engine, limit: int = 200) -> list[Worker]:
-    with session_scope(engine) as session:
-        return list(session.scalars(select(Worker).order_by(col(Worker.heartbeat_at).desc()).limit(limit)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.deps import wants_html
+from app.templating import templates
 
 SESSION_COOKIE = "trainboard_session"
 CSRF_COOKIE = "trainboard_csrf"
@@ -243,8 +244,6 @@ def _local_path(target: str | None) -> str:
 
 
 def _login_page(request: Request, next_path: str, error: str | None, status_code: int = 200) -> HTMLResponse:
-    from app.pages import templates
-
     return templates.TemplateResponse(
         request, "login.html", {"next": next_path, "error": error, "token_required": bool(request.app.state.settings.token_value)},
         status_code=status_code,

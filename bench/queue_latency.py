@@ -30,7 +30,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from app import queue
+from app import queue, reads
 from app.db import make_engine, migrate
 from app.models import JobCreate, as_utc
 from app.settings import Settings
@@ -99,7 +99,7 @@ def measure(database_url: str, workdir: Path, samples: int, warmup: int, poll_se
     migrate(engine)
     latencies = []
     with idle_worker(database_url, workdir, poll_seconds) as worker:
-        wait_until(lambda: queue.list_workers(engine), 120, "the worker to register", worker, workdir)
+        wait_until(lambda: reads.list_workers(engine), 120, "the worker to register", worker, workdir)
         for _ in range(warmup + samples):
             time.sleep(random.uniform(0.3, 0.3 + max(poll_seconds, 0.5)))
             job = queue.submit(engine, JOB, default_wandb_mode="disabled", max_attempts=1)

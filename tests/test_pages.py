@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 from fastapi.testclient import TestClient
 
-from app import pages, queue
+from app import forms, queue
 from app.db import get_engine
 from app.settings import Settings
 
@@ -335,7 +335,7 @@ def test_clone_prefills_the_form_without_the_name(client):
 
 
 def test_presets_refill_the_form_and_are_submitted_with_it(client):
-    presets = pages.form_presets()
+    presets = forms.form_presets()
     if not presets:
         pytest.skip("JobCreate has no presets")
     name, values = next((name, values) for name, values in presets.items() if name != "tutorial")

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import Engine
 
-from app import queue
+from app import queue, reads
 from app.db import make_engine
 from app.models import JobCreate, as_utc, utcnow
 
@@ -70,7 +70,8 @@ def test_four_processes_claim_each_of_200_jobs_exactly_once(engine: Engine):
     claimed = [job_id for jobs in by_worker.values() for job_id, _ in jobs]
     assert sorted(claimed) == sorted(job_ids)
     assert all(attempt == 1 for jobs in by_worker.values() for _, attempt in jobs)
-    jobs, total = queue.list_jobs(engine, status="running", limit=500, offset=0)
+    listing = reads.list_jobs(engine, status="running", limit=500, offset=0)
+    jobs, total = listing.jobs, listing.total
     assert total == 200
     owner = {job_id: worker for worker, jobs in by_worker.items() for job_id, _ in jobs}
     assert all(job.worker_id == owner[job.id] and job.attempts == 1 for job in jobs)
@@ -118,7 +119,7 @@ def test_stale_worker_is_fenced_out_after_its_job_is_handed_on(engine: Engine):
     current = queue.get_job(engine, job.id)
     assert (current.status, current.worker_id, current.attempts) == ("running", "worker-fresh", 2)
     assert current.metrics == {} and current.artifacts == [] and current.wandb_run_id is None
-    assert [(m.attempt, m.kind) for m in queue.job_metrics(engine, job.id)] == [(1, "train")]
+    assert [(m.attempt, m.kind) for m in reads.job_metrics(engine, job.id)] == [(1, "train")]
 
     # The current owner's writes go through.
     assert queue.record_progress(engine, fresh, progress={"epoch": 1, "epochs": 1}, metrics={"test_accuracy": 50.0})
@@ -207,7 +208,7 @@ def test_release_requeues_without_spending_an_attempt(engine: Engine):
 
     released = queue.get_job(engine, job.id)
     assert (released.status, released.attempts, released.worker_id) == ("queued", 0, None)
-    assert released.progress == {} and queue.job_metrics(engine, job.id) == []
+    assert released.progress == {} and reads.job_metrics(engine, job.id) == []
     again = claim(engine, "worker-b")
     assert (again.job_id, again.attempt) == (job.id, 1)
     assert not queue.release(engine, claimed)  # the old claim no longer owns it

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from app import queue
+from app import queue, reads
 from app.models import Job, JobCreate
 from app.settings import Settings
 from tests.conftest import POSTGRES_URL, wait_for
@@ -104,7 +104,7 @@ def test_a_worker_killed_mid_job_takes_its_child_with_it_and_another_finishes_th
     done = wait_finished(engine, job.id, stack)
     assert done.status == "succeeded", done.error
     assert done.attempts == 2
-    epochs = [(m.attempt, m.step) for m in queue.job_metrics(engine, job.id, "epoch")]
+    epochs = [(m.attempt, m.step) for m in reads.job_metrics(engine, job.id, "epoch")]
     assert [step for attempt, step in epochs if attempt == 2] == [1, 2, 3]
 
 
@@ -168,7 +168,7 @@ def test_a_stopping_worker_puts_its_job_back_without_spending_an_attempt(
     assert not alive(child)
     requeued = queue.get_job(engine, job.id)
     assert (requeued.status, requeued.attempts, requeued.worker_id) == ("queued", 0, None)
-    [registered] = queue.list_workers(engine)
+    [registered] = reads.list_workers(engine)
     assert registered.stopped_at is not None
 
 

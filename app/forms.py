@@ -1,0 +1,122 @@
+"""The new-job form, generated from JobCreate's schema so the bounds and help texts have one
+source: its fields, the presets it offers, and the conversion between form strings and job input."""
+
+from functools import lru_cache
+from typing import Any
+
+from app.models import JobCreate
+
+# A preset sets many fields at once, and fields given explicitly win over it; the form sends every
+# field, so it offers presets as starting points (the form refilled with a preset's values) rather
+# than as a field of its own that the other fields would silently override.
+PRESET_FIELD = "preset"
+
+
+def _bounds(option: dict[str, Any]) -> str:
+    low, high = option.get("minimum"), option.get("maximum")
+    above, below = option.get("exclusiveMinimum"), option.get("exclusiveMaximum")
+    if low is not None and high is not None:
+        return f"{low} to {high}"
+    parts = []
+    if low is not None:
+        parts.append(f"at least {low}")
+    if above is not None:
+        parts.append(f"more than {above}")
+    if high is not None:
+        parts.append(f"at most {high}")
+    if below is not None:
+        parts.append(f"less than {below}")
+    return ", ".join(parts)
+
+
+@lru_cache
+def form_presets() -> dict[str, dict[str, str]]:
+    """{preset: the form's values under it}, from JobCreate itself; empty without presets."""
+    spec = JobCreate.model_json_schema()["properties"].get(PRESET_FIELD)
+    if spec is None:
+        return {}
+    return {
+        name: form_values(JobCreate.model_validate({PRESET_FIELD: name}).model_dump(mode="json"))
+        for name in spec.get("enum", [])
+    }
+
+
+def preset_help() -> str:
+    field = JobCreate.model_fields.get(PRESET_FIELD)
+    return field.description if field is not None else ""
+
+
+@lru_cache
+def form_fields() -> list[dict[str, Any]]:
+    schema = JobCreate.model_json_schema()
+    fields = []
+    for name, spec in schema["properties"].items():
+        if name == PRESET_FIELD:
+            continue
+        options = [o for o in spec.get("anyOf", [spec]) if o.get("type") != "null"]
+        option = options[0]
+        field = {
+            "name": name,
+            "label": spec.get("title", name),
+            "help": spec.get("description", ""),
+            "default": spec.get("default"),
+            "optional": len(options) < len(spec.get("anyOf", [spec])) or "default" not in spec,
+        }
+        kind = option.get("type")
+        if "enum" in option:
+            field.update(kind="select", options=option["enum"])
+        elif kind == "boolean":
+            field.update(kind="checkbox")
+        elif kind in ("integer", "number"):
+            field.update(
+                kind="number",
+                min=option.get("minimum"),
+                max=option.get("maximum"),
+                bounds=_bounds(option),
+                step="1" if kind == "integer" else "any",
+            )
+        elif kind == "array":
+            field.update(kind="tags")
+        else:
+            field.update(kind="text", maxlength=option.get("maxLength"))
+        fields.append(field)
+    return fields
+
+
+def form_values(params: dict[str, Any]) -> dict[str, str]:
+    """Job parameters as the form's strings."""
+    values = {PRESET_FIELD: str(params.get(PRESET_FIELD) or "")}
+    for field in form_fields():
+        value = params.get(field["name"], field["default"])
+        if field["kind"] == "tags":
+            values[field["name"]] = ", ".join(value or [])
+        elif field["kind"] == "checkbox":
+            values[field["name"]] = "on" if value else ""
+        else:
+            values[field["name"]] = "" if value is None else str(value)
+    return values
+
+
+def default_values() -> dict[str, str]:
+    return form_values(JobCreate().model_dump(mode="json"))
+
+
+def submitted_values(form: dict[str, str]) -> dict[str, str]:
+    """What was typed, field by field, to show again beside its errors."""
+    return {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields())]}
+
+
+def parse_form(form: dict[str, str]) -> dict[str, Any]:
+    """Form strings to JobCreate input: empty means default, unchecked boxes are false."""
+    params: dict[str, Any] = {}
+    if form.get(PRESET_FIELD, "").strip():
+        params[PRESET_FIELD] = form[PRESET_FIELD].strip()
+    for field in form_fields():
+        raw = form.get(field["name"], "").strip()
+        if field["kind"] == "checkbox":
+            params[field["name"]] = bool(raw)
+        elif field["kind"] == "tags":
+            params[field["name"]] = [tag.strip() for tag in raw.split(",") if tag.strip()]
+        elif raw:
+            params[field["name"]] = raw
+    return params

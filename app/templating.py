@@ -1,0 +1,20 @@
+"""The Jinja environment every page renders with: the templates folder and the filters of
+app/formatting.py. The pages, the login page and the app's static files find the templates here."""
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+
+from app import formatting
+
+TEMPLATES_DIR = Path(str(files("templates")))
+STATIC_DIR = TEMPLATES_DIR / "static"
+
+templates = Jinja2Templates(directory=TEMPLATES_DIR)
+templates.env.filters["number"] = formatting.number
+templates.env.filters["age"] = formatting.age
+templates.env.filters["short_age"] = formatting.short_age
+templates.env.filters["duration"] = formatting.duration
+templates.env.filters["param"] = formatting.param_value
+templates.env.globals["run_time"] = formatting.run_time
