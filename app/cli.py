@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "up":
         up(args.host, args.port, args.gpus)
     else:
+        # The one console script lives in app, the package installed on every host; the worker is
+        # imported only here, lazily, so that serving never imports torch.
         from worker.cli import run_worker
 
         run_worker(args.gpus)

@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from app.models import FINISHED_STATUSES, JobStatus
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL_SECONDS = 1.0
 
@@ -72,7 +74,7 @@ def describe(job: dict[str, Any]) -> str:
     progress = job.get("progress") or {}
     if progress.get("epochs"):
         parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
-        if progress.get("batches") and job["status"] == "running":
+        if progress.get("batches") and job["status"] == JobStatus.RUNNING:
             parts.append(f"batch {progress.get('batch', 0)}/{progress['batches']}")
     metrics = job.get("metrics") or {}
     if metrics.get("test_accuracy") is not None:
@@ -105,7 +107,7 @@ def follow(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
                 out.write(line + "\n")
             out.flush()
             last = line
-        if job["status"] in ("succeeded", "failed", "cancelled"):
+        if job["status"] in FINISHED_STATUSES:
             if interactive:
                 out.write("\n")
             return job
@@ -130,7 +132,7 @@ def run(command: str, args, out: TextIO = sys.stdout) -> int:
             print(describe(job), file=out)
         else:
             job = client.cancel(args.job_id)
-            print(f"job {job['id']} {'cancelling' if job['status'] == 'running' else job['status']}", file=out)
+            print(f"job {job['id']} {'cancelling' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
             return 0
     except ClientError as exc:
         print(f"trainboard: {exc}", file=sys.stderr)
@@ -138,10 +140,10 @@ def run(command: str, args, out: TextIO = sys.stdout) -> int:
     finally:
         client.close()
 
-    if job["status"] == "succeeded":
+    if job["status"] == JobStatus.SUCCEEDED:
         print(f"job {job['id']} succeeded: test accuracy {job['metrics'].get('test_accuracy', float('nan')):.2f}%; {wandb_line(job)}", file=out)
         return 0
-    if job["status"] in ("failed", "cancelled"):
+    if job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
         print(f"job {job['id']} {job['status']}: {job.get('error') or 'no reason recorded'}", file=out)
         return 1
     return 0

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import Job, JobCreate, JobMetric, Worker, as_utc, utcnow
+from app.models import Job, JobCreate, JobMetric, JobStatus, Worker, as_utc, utcnow
 
 log = logging.getLogger("trainboard.queue")
 
@@ -73,7 +73,7 @@ def submit(
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
     with _write_session(engine) as session:
         if max_queued is not None:
-            waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
+            waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
         job = Job(name=values["name"] or "", params=values, max_attempts=max_attempts, retry_of=retry_of)
@@ -164,7 +164,7 @@ def _fence(claim: Claim):
         (Job.id == claim.job_id)
         & (Job.worker_id == claim.worker_id)
         & (Job.attempts == claim.attempt)
-        & (Job.status == "running")
+        & (Job.status == JobStatus.RUNNING)
     )
 
 
@@ -255,11 +255,11 @@ def release(engine: Engine, claim: Claim) -> bool:
     with session_scope(engine) as session:
         cancelled = session.execute(
             update(Job).where(_fence(claim) & Job.cancel_requested).values(
-                status="cancelled", finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
+                status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
             )
         ).rowcount
         owned = cancelled == 1 or _fenced_update(
-            session, claim, status="queued", worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1,
+            session, claim, status=JobStatus.QUEUED, worker_id=None, lease_expires_at=None, attempts=Job.attempts - 1,
             progress={}, metrics={},
         )
         if owned and not cancelled:
@@ -278,13 +278,13 @@ def release(engine: Engine, claim: Claim) -> bool:
 
 def request_cancel(engine: Engine, job_id: int) -> Job:
     """A queued job ends at once; a running one is flagged for its worker, which stops the child."""
-    queued = (Job.id == job_id) & (Job.status == "queued")
-    running = (Job.id == job_id) & (Job.status == "running")
+    queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
+    running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING)
     # Conditional updates rather than read-then-write, so a job that changes state meanwhile
     # (claimed, finished) is judged by the state it has when the cancel lands.
     with _write_session(engine) as session:
         changed = session.execute(
-            update(Job).where(queued).values(status="cancelled", finished_at=utcnow(), error="cancelled before it started")
+            update(Job).where(queued).values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled before it started")
         ).rowcount
         changed = changed or session.execute(update(Job).where(running).values(cancel_requested=True)).rowcount
         job = session.get(Job, job_id)
@@ -299,7 +299,7 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
 def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | None = None) -> Job:
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     original = get_job(engine, job_id)
-    if original.status not in ("failed", "cancelled"):
+    if original.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobStateConflict(job_id, original.status, "retry")
     params = JobCreate.model_validate({**original.params, "name": original.name})
     return submit(
@@ -311,21 +311,21 @@ def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | N
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:
     """Requeue running jobs whose lease expired, or fail them once their attempts are used up."""
     now = now if now is not None else _clock(engine)
-    expired = (Job.status == "running") & (Job.lease_expires_at < now)
+    expired = (Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now)
     with session_scope(engine) as session:
         cancelled = session.execute(
             update(Job).where(expired & Job.cancel_requested).values(
-                status="cancelled", finished_at=now, lease_expires_at=None, error="cancelled; its worker was lost"
+                status=JobStatus.CANCELLED, finished_at=now, lease_expires_at=None, error="cancelled; its worker was lost"
             )
         ).rowcount
         lost = session.execute(
             update(Job).where(expired & (Job.attempts >= Job.max_attempts)).values(
-                status="failed", finished_at=now, lease_expires_at=None,
+                status=JobStatus.FAILED, finished_at=now, lease_expires_at=None,
                 error="worker lost: its lease expired on the last attempt",
             )
         ).rowcount
         requeued = session.execute(
-            update(Job).where(expired).values(status="queued", worker_id=None, lease_expires_at=None)
+            update(Job).where(expired).values(status=JobStatus.QUEUED, worker_id=None, lease_expires_at=None)
         ).rowcount
         if requeued:
             _notify(session)

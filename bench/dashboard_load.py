@@ -9,8 +9,8 @@ each page's first request: for the 500-epoch job that is the uncached averaging 
 train-loss points, which later views (and the live poll) reuse until the job reports progress.
 Then several clients at once, to see the app's resident memory under load.
 
-    .venv/bin/python bench/dashboard_load.py
-    .venv/bin/python bench/dashboard_load.py --jobs 10000 --epochs 500 --requests 200
+    .venv/bin/python -m bench.dashboard_load
+    .venv/bin/python -m bench.dashboard_load --jobs 10000 --epochs 500 --requests 200
 
 Targets: p95 <= 100 ms for GET /, GET /jobs?limit=50 and the 500-epoch job page; RSS <= 150 MB.
 The exit status is 1 when a target is missed.
@@ -33,6 +33,8 @@ from sqlalchemy import insert
 
 from app.db import make_engine, migrate, session_scope
 from app.models import Job, JobCreate, JobMetric, utcnow
+from bench.stats import percentile
+from tests.support.network import free_port
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 TAGS = ("baseline", "sweep-lr", "sweep-bs", "ablation", "nightly", "cifar", "resnet18_cifar", "smoke")
@@ -125,14 +127,6 @@ def fill(database_url: str, job_count: int, long_epochs: int, seed: int = 0) -> 
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def memory_mb(pid: int) -> tuple[float, float]:
     """(resident now, peak resident) of a process, from /proc."""
     fields = {}
@@ -156,11 +150,6 @@ def time_requests(client: httpx.Client, path: str, headers: dict, count: int, wa
         timings.append((time.perf_counter() - started) * 1000)
         response.raise_for_status()
     return first, timings
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def main() -> int:

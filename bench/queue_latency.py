@@ -9,8 +9,8 @@ PostgreSQL workers are woken by LISTEN/NOTIFY; SQLite workers read PRAGMA data_v
 fallback; without the wake-ups that polling alone gives a p50 of about half the interval.
 Warm-up samples (first connections, first claim) are left out.
 
-    .venv/bin/python bench/queue_latency.py
-    .venv/bin/python bench/queue_latency.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+    .venv/bin/python -m bench.queue_latency
+    .venv/bin/python -m bench.queue_latency --postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 Targets: p50 <= 0.5 s on SQLite, <= 0.1 s on PostgreSQL.
 """
@@ -22,18 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app import queue, reads
 from app.db import make_engine, migrate
 from app.models import JobCreate, as_utc
 from app.settings import Settings
+from bench.stats import percentile
+from tests.support.databases import postgres_database
 
 JOB = JobCreate(dataset="synthetic", pretrained=False, epochs=1, train_subset=16, test_subset=16, wandb_mode="disabled")
 
@@ -41,23 +39,6 @@ JOB = JobCreate(dataset="synthetic", pretrained=False, epochs=1, train_subset=16
 @contextmanager
 def sqlite_database(workdir: Path) -> Iterator[str]:
     yield f"sqlite:///{workdir / 'bench.db'}"
-
-
-@contextmanager
-def postgres_database(server_url: str, prefix: str = "trainboard_bench") -> Iterator[str]:
-    """A database of its own on the server, dropped afterwards (the test suite's too)."""
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
 
 
 @contextmanager
@@ -113,14 +94,6 @@ def measure(database_url: str, workdir: Path, samples: int, warmup: int, poll_se
     return latencies[warmup:]
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    position = fraction * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", metavar="URL", help="a PostgreSQL server to measure on as well (a database is made and dropped)")
@@ -134,7 +107,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trainboard-bench-") as tmp:
         databases = [("sqlite", "data_version", sqlite_database(Path(tmp)))]
         if args.postgres:
-            databases.append(("postgresql", "LISTEN/NOTIFY", postgres_database(args.postgres)))
+            databases.append(("postgresql", "LISTEN/NOTIFY", postgres_database(args.postgres, prefix="trainboard_bench")))
         for name, wakeup, database in databases:
             workdir = Path(tmp) / name
             workdir.mkdir()

@@ -28,7 +28,6 @@ Images are the synthetic set (CIFAR-10's shape; speed does not depend on content
 import argparse
 import os
 import platform
-import random
 import statistics
 import sys
 import tempfile
@@ -36,82 +35,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
-from PIL import Image
-from torch import nn, optim
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from pydantic import ValidationError
 
+from app.client import ClientError, parse_assignments
+from app.models import JobCreate
 from app.presets import PRESETS, resolve
+from app.settings import JobFiles
+from tests.support.tutorial import tutorial_loader, tutorial_loop
 from worker import train
 from worker.data import ImageSet, cifar10, synthetic
-from worker.nets import build_model
+from worker.reporter import RecordingReporter
 
 # ---------------------------------------------------------------------------------------------
 # (a) The tutorial's loop
 # ---------------------------------------------------------------------------------------------
-
-
-class TutorialCIFAR(Dataset):
-    """What torchvision's CIFAR10 does per sample: HWC uint8 array -> PIL image -> transform."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        self.data = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.targets = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
-
-
-def tutorial_loop(
-    data: ImageSet, params: dict[str, Any], device: torch.device, *, evaluate: bool = True
-) -> list[dict[str, float]]:
-    """The tutorial's main(): seeds, loaders, model, SGD, then train() and test() per epoch.
-
-    Returns per epoch the training seconds and, with `evaluate`, Test Accuracy (percent) and Test
-    Loss averaged per sample (the tutorial sums batch means; per sample is trainboard's definition,
-    so the two compare)."""
-    random.seed(params["seed"])
-    torch.manual_seed(params["seed"])
-    numpy.random.seed(params["seed"])
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    train_loader = tutorial_loader(data.train_images, data.train_labels, params["batch_size"], device, shuffle=True)
-    test_loader = tutorial_loader(data.test_images, data.test_labels, params["batch_size"], device, shuffle=False)
-    model = build_model(params["model"], pretrained=params["pretrained"]).to(device)
-    optimizer = optim.SGD(model.parameters(), lr=params["lr"], momentum=params["momentum"])
-
-    epochs = []
-    for _ in range(params["epochs"]):
-        started = time.perf_counter()
-        model.train()
-        for images, target in train_loader:
-            images, target = images.to(device), target.to(device)
-            optimizer.zero_grad()
-            output = model(images)
-            criterion = nn.CrossEntropyLoss()
-            loss = criterion(output, target)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        epoch = {"train_seconds": time.perf_counter() - started}
-        if evaluate:
-            epoch.update(tutorial_test(model, device, test_loader))
-        epochs.append(epoch)
-    return epochs
-
-
-def tutorial_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, *, shuffle: bool) -> DataLoader:
-    """The tutorial's loader: ToTensor and Normalize per PIL image, its DataLoader kwargs."""
-    kwargs = {"num_workers": 1, "pin_memory": True} if device.type == "cuda" else {}
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
-    return DataLoader(TutorialCIFAR(images, labels, transform), batch_size=batch_size, shuffle=shuffle, **kwargs)
 
 
 def tutorial_data_rate(data: ImageSet, params: dict[str, Any], device: torch.device, epochs: int = 3) -> float:
@@ -129,51 +67,18 @@ def tutorial_data_rate(data: ImageSet, params: dict[str, Any], device: torch.dev
     return statistics.median(rates[1:])
 
 
-def tutorial_test(model: nn.Module, device: torch.device, test_loader: DataLoader) -> dict[str, float]:
-    model.eval()
-    test_loss = 0.0
-    correct = 0
-    with torch.no_grad():
-        for images, target in test_loader:
-            images, target = images.to(device), target.to(device)
-            output = model(images)
-            criterion = nn.CrossEntropyLoss(reduction="sum")
-            test_loss += criterion(output, target).item()
-            pred = output.max(1, keepdim=True)[1]
-            correct += pred.eq(target.view_as(pred)).sum().item()
-    count = len(test_loader.dataset)
-    return {"test_accuracy": 100.0 * correct / count, "test_loss": test_loss / count}
-
-
 # ---------------------------------------------------------------------------------------------
 # (b) trainboard's training
 # ---------------------------------------------------------------------------------------------
 
 
-class Recorder:
-    """A reporter that keeps what a training child would send to its worker slot."""
-
-    def __init__(self):
-        self.epochs: list[dict[str, Any]] = []
-        self.train_points: list[dict[str, Any]] = []
-        self.wandb_events: list[dict[str, Any]] = []
-        self.final: dict[str, Any] | None = None
-
-    def wandb(self, **fields: Any) -> None:
-        self.wandb_events.append(fields)
-
-    def progress(self, progress: dict[str, Any], *, metrics: dict[str, Any] | None = None, points: list | None = None) -> None:
-        for kind, _, values in points or []:
-            (self.epochs if kind == "epoch" else self.train_points).append(values)
-
-    def result(self, metrics: dict[str, Any], artifacts: list[dict[str, Any]]) -> None:
-        self.final = {"metrics": metrics, "artifacts": artifacts}
-
-
-def trainboard_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> Recorder:
-    recorder = Recorder()
-    job_dir = Path(tempfile.mkdtemp(dir=work_dir))
-    train.run(params, name="bench", job_dir=job_dir, data_dir=work_dir, cifar_verify=False, reporter=recorder, data=data)
+def trainboard_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> RecordingReporter:
+    recorder = RecordingReporter()
+    files = JobFiles(Path(tempfile.mkdtemp(dir=work_dir)))
+    train.run(
+        JobCreate.model_validate(params), name="bench", files=files, data_dir=work_dir, cifar_verify=False,
+        reporter=recorder, data=data,
+    )
     return recorder
 
 
@@ -241,7 +146,7 @@ def schedule(data: ImageSet, params: dict[str, Any], work_dir: Path) -> dict[str
     }
 
 
-def timed_rates(recorder: Recorder) -> list[float]:
+def timed_rates(recorder: RecordingReporter) -> list[float]:
     """train images/s of each epoch after the first."""
     return [epoch["train_images_per_second"] for epoch in recorder.epochs[1:]]
 
@@ -253,33 +158,6 @@ def fmt(rates: list[float]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """FIELD=VALUE pairs typed like the field's default: --set compile=reduce-overhead --set lr=0.1."""
-    known = resolve()
-    overrides = {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        if key not in known:
-            raise SystemExit(f"--set {pair}: unknown field {key!r}")
-        overrides[key] = typed(raw, known[key])
-    return overrides
-
-
-def typed(raw: str, default: Any) -> Any:
-    if isinstance(default, bool):
-        return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, (int, float, str)):
-        return type(default)(raw)
-    if raw.lower() in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def main() -> None:
@@ -314,7 +192,11 @@ def main() -> None:
         train_subset=None,
         test_subset=None,
     )
-    params.update(parse_overrides(args.overrides))
+    try:
+        params.update(parse_assignments(args.overrides))
+        JobCreate.model_validate(params)
+    except (ClientError, ValidationError) as exc:
+        raise SystemExit(f"--set: {exc}") from None
     if args.data == "cifar10":
         full = cifar10(args.data_dir, verify=False)
         data = full.subset(train_size, args.test_size)

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import Settings
-from bench.queue_latency import postgres_database
+from tests.support.databases import postgres_database
+from tests.support.network import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TRAINBOARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -143,14 +144,6 @@ def cifar_dir(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Real processes
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Stack:

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from tests.conftest import SMOKE_PARAMS, free_port
+from tests.conftest import SMOKE_PARAMS
+from tests.support.network import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,13 @@ from pydantic import ValidationError
 
 from app.models import JobCreate
 from app.presets import FAST94, PRESETS, TUTORIAL, resolve
-from bench.train_speed import Recorder, tutorial_loop
+from app.settings import JobFiles
 from tests.conftest import write_cifar10
+from tests.support.tutorial import tutorial_loop
 from worker import train
 from worker.data import CIFAR_CACHE_NAME, ImageSet, cifar10, synthetic
 from worker.nets import PaddingAwareConv2d, build_model, live_taps, skip_padding_taps
+from worker.reporter import RecordingReporter
 
 TINY = {
     "dataset": "synthetic",
@@ -35,13 +37,13 @@ TINY = {
 }
 
 
-def train_job(tmp_path: Path, data: ImageSet | None = None, **fields: Any) -> Recorder:
+def train_job(tmp_path: Path, data: ImageSet | None = None, **fields: Any) -> RecordingReporter:
     """Validate the fields as the API would, then train in this process."""
-    params = JobCreate.model_validate({**TINY, **fields}).model_dump(mode="json")
-    recorder = Recorder()
-    job_dir = tmp_path / "job"
-    job_dir.mkdir(exist_ok=True)
-    train.run(params, name="test", job_dir=job_dir, data_dir=tmp_path, cifar_verify=False, reporter=recorder, data=data)
+    params = JobCreate.model_validate({**TINY, **fields})
+    recorder = RecordingReporter()
+    files = JobFiles(tmp_path / "job")
+    files.root.mkdir(exist_ok=True)
+    train.run(params, name="test", files=files, data_dir=tmp_path, cifar_verify=False, reporter=recorder, data=data)
     return recorder
 
 
@@ -207,7 +209,7 @@ def test_the_same_seed_repeats_a_run_and_another_seed_does_not(tmp_path):
 
 def test_test_loss_is_averaged_per_sample_over_uneven_batches():
     data = synthetic(16, 50)
-    params = resolve(pretrained=False, use_cuda=False)
+    params = JobCreate(pretrained=False, use_cuda=False)
     training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=1)
     accuracy, loss, examples = train.evaluate(training, data, batch_size=16, tta="none")  # batches of 16, 16, 16, 2
 
@@ -229,7 +231,7 @@ def test_precision_auto_is_fp32_on_the_cpu():
 
 @pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
 def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
-    params = resolve(lr=0.2, lr_schedule=schedule, warmup_fraction=0.2)
+    params = JobCreate(lr=0.2, lr_schedule=schedule, warmup_fraction=0.2)
     training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=100)
     rates = [training.learning_rate(step) for step in range(100)]
     assert rates[0] == pytest.approx(0.01) and rates[19] == pytest.approx(0.2) and max(rates) == pytest.approx(0.2)
@@ -305,7 +307,7 @@ def test_resnet18_on_cifar_sized_inputs_trains_alike_with_padding_taps_skipped()
 
 
 def test_training_on_the_cpu_skips_padding_taps():
-    params = resolve(pretrained=False, use_cuda=False)
+    params = JobCreate(pretrained=False, use_cuda=False)
     training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=1)
     assert isinstance(training.model.layer4[0].conv1, PaddingAwareConv2d)
 

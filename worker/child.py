@@ -1,18 +1,19 @@
 """A training child: `python -m worker.child`, spawned by a worker slot, one per job attempt.
 
-It reads its job from stdin, reports over the pipe named by TRAINBOARD_REPORT_FD, writes its
-output to the job's log (its stdout and stderr), and dies with its worker.
+It reads its job (a ChildSpec, worker/protocol.py) from stdin, reports over the pipe named by
+TRAINBOARD_REPORT_FD, writes its output to the job's log (its stdout and stderr), and dies with
+its worker.
 """
 
 import ctypes
-import json
 import os
 import signal
 import sys
 import traceback
-from pathlib import Path
 
-from worker.reporter import Reporter, first_line
+from app.settings import JobFiles
+from worker.protocol import ChildSpec, Failure
+from worker.reporter import PipeReporter, first_line
 
 PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -37,8 +38,8 @@ def main() -> int:
     die_with_parent()
     # SIGTERM (cancel, worker shutdown) unwinds normally, so the W&B run is closed properly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    spec = json.load(sys.stdin)
-    reporter = Reporter.from_environment()
+    spec = ChildSpec.model_validate_json(sys.stdin.buffer.read())
+    reporter = PipeReporter.from_environment()
 
     from worker import train
     from worker.data import DataError
@@ -46,20 +47,20 @@ def main() -> int:
 
     try:
         train.run(
-            spec["params"],
-            name=spec["name"],
-            job_dir=Path(spec["job_dir"]),
-            data_dir=Path(spec["data_dir"]),
-            cifar_verify=spec["cifar_verify"],
+            spec.params,
+            name=spec.name,
+            files=JobFiles(spec.job_dir),
+            data_dir=spec.data_dir,
+            cifar_verify=spec.cifar_verify,
             reporter=reporter,
         )
     except (DataError, WeightsError) as exc:
         traceback.print_exc()
-        reporter.error(str(exc))
+        reporter.report(Failure(reason=str(exc)))
         return 1
     except Exception as exc:
         traceback.print_exc()
-        reporter.error(one_line(exc))
+        reporter.report(Failure(reason=one_line(exc)))
         return 1
     finally:
         sys.stdout.flush()

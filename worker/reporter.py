@@ -1,12 +1,10 @@
-"""The channel from a training child to its worker slot: one JSON object per line on a pipe.
+"""Where the training sends its events: the `Reporter` protocol, the pipe to the worker slot that a
+training child uses, and a recording reporter for training in-process (benchmarks, tests)."""
 
-The child never touches the database; its slot turns these events into fenced writes.
-"""
-
-import json
-import math
 import os
-from typing import Any
+from typing import Any, Protocol
+
+from worker.protocol import Event, Progress, Result, WandbStarted, encode
 
 REPORT_FD_ENV = "TRAINBOARD_REPORT_FD"
 
@@ -17,40 +15,41 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-class Reporter:
+class Reporter(Protocol):
+    def report(self, event: Event) -> None: ...
+
+
+class PipeReporter:
+    """Events as JSON lines on the pipe the slot named in TRAINBOARD_REPORT_FD."""
+
     def __init__(self, fd: int):
         self._stream = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
     @classmethod
-    def from_environment(cls) -> "Reporter":
+    def from_environment(cls) -> "PipeReporter":
         return cls(int(os.environ[REPORT_FD_ENV]))
 
-    def _send(self, event: str, **fields: Any) -> None:
-        self._stream.write(json.dumps(_finite({"event": event, **fields}), allow_nan=False) + "\n")
-
-    def wandb(self, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None) -> None:
-        self._send("wandb", mode=mode, url=url, run_id=run_id, run_dir=run_dir, note=note)
-
-    def progress(self, progress: dict[str, Any], *, metrics: dict[str, Any] | None = None, points: list | None = None) -> None:
-        """points: (kind, step, values) triples stored as the job's metric history."""
-        self._send("progress", progress=progress, metrics=metrics, points=points or [])
-
-    def result(self, metrics: dict[str, Any], artifacts: list[dict[str, Any]]) -> None:
-        self._send("result", metrics=metrics, artifacts=artifacts)
-
-    def error(self, reason: str) -> None:
-        self._send("error", reason=reason)
+    def report(self, event: Event) -> None:
+        self._stream.write(encode(event))
 
     def close(self) -> None:
         self._stream.close()
 
 
-def _finite(value: Any) -> Any:
-    """A diverged run's NaN or infinite loss becomes null: JSON, and PostgreSQL's JSON type, have no NaN."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
+class RecordingReporter:
+    """Keeps what a training child would send to its worker slot, sorted for reading back."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, Any]] = []
+        self.train_points: list[dict[str, Any]] = []
+        self.wandb_events: list[dict[str, Any]] = []
+        self.final: dict[str, Any] | None = None
+
+    def report(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            for kind, _, values in event.points:
+                (self.epochs if kind == "epoch" else self.train_points).append(values)
+        elif isinstance(event, WandbStarted):
+            self.wandb_events.append(event.model_dump(exclude={"event"}))
+        elif isinstance(event, Result):
+            self.final = {"metrics": event.metrics, "artifacts": event.artifacts}

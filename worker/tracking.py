@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from app.models import JobCreate
+from worker.protocol import WandbStarted
 from worker.reporter import Reporter, first_line
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
@@ -43,21 +45,21 @@ class Tracker:
         self.mode = mode
 
     @classmethod
-    def start(cls, params: dict[str, Any], *, name: str, job_dir: Path, reporter: Reporter) -> "Tracker":
-        mode = resolve_mode(params.get("wandb_mode"))
+    def start(cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter) -> "Tracker":
+        mode = resolve_mode(params.wandb_mode)
         if mode == "disabled":
-            reporter.wandb(mode=mode, url=None, run_id=None, run_dir=None, note=None)
+            reporter.report(WandbStarted(mode=mode))
             return cls(None, mode)
 
         import wandb
 
         note = None
         init = {
-            "project": params["wandb_project"],
-            "entity": params.get("wandb_entity"),
+            "project": params.wandb_project,
+            "entity": params.wandb_entity,
             "name": name,
-            "config": params,
-            "tags": params.get("tags") or None,
+            "config": params.model_dump(mode="json"),
+            "tags": params.tags or None,
             "dir": str(job_dir),
         }
         try:
@@ -75,13 +77,13 @@ class Tracker:
         run.define_metric("epoch")
         for metric in ("Test Accuracy", "Test Loss", "Examples"):
             run.define_metric(metric, step_metric="epoch")
-        reporter.wandb(
+        reporter.report(WandbStarted(
             mode=mode,
             url=run.url if mode == "online" else None,
             run_id=run.id,
             run_dir=str(run.settings.sync_dir) if mode == "offline" else None,
             note=note,
-        )
+        ))
         return cls(run, mode)
 
     def watch(self, model: torch.nn.Module, log: str, log_freq: int) -> None:

@@ -41,13 +41,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from app.models import JobCreate
+from app.settings import JobFiles
 from worker.data import ImageSet, load
 from worker.nets import build_model, skip_padding_taps
+from worker.protocol import Progress, Result
 from worker.reporter import Reporter
 from worker.tracking import Tracker
 
 MAX_EXAMPLES = 64
-EXAMPLES_DIR = "examples"  # in the job's folder; the dashboard reads it (app/pages.py)
 CROP_PADDING = 4
 CUTOUT_SIZE = 8
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -68,42 +70,42 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
 
 
 def run(
-    params: dict[str, Any],
+    params: JobCreate,
     *,
     name: str,
-    job_dir: Path,
+    files: JobFiles,
     data_dir: Path,
     cifar_verify: bool,
     reporter: Reporter,
     data: ImageSet | None = None,
 ) -> None:
-    """Train and evaluate as `params` say, reporting progress and the result through `reporter`.
-    `data` replaces the job's dataset (benchmarks bring their own images); subsets still apply."""
+    """Train and evaluate as `params` say, writing the job's files and reporting progress and the
+    result through `reporter`. `data` replaces the job's dataset (benchmarks bring their own images); subsets still apply."""
     # ---- Setup ---------------------------------------------------------------------------------
-    set_seed(params["seed"])
-    use_cuda = params["use_cuda"] and torch.cuda.is_available()
+    set_seed(params.seed)
+    use_cuda = params.use_cuda and torch.cuda.is_available()
     device = torch.device("cuda:0" if use_cuda else "cpu")
     # The tutorial asks cuDNN for deterministic algorithms; without that, let cuDNN time its
     # algorithms on the first batches and keep the fastest.
-    torch.backends.cudnn.deterministic = params["deterministic"]
-    torch.backends.cudnn.benchmark = not params["deterministic"]
+    torch.backends.cudnn.deterministic = params.deterministic
+    torch.backends.cudnn.benchmark = not params.deterministic
 
     if data is None:
-        data = load(params["dataset"], data_dir, verify=cifar_verify)
-    data = data.subset(params["train_subset"], params["test_subset"]).to(device)
-    epochs, batches = params["epochs"], -(-len(data.train_labels) // params["batch_size"])
-    model = build_model(params["model"], pretrained=params["pretrained"])
+        data = load(params.dataset, data_dir, verify=cifar_verify)
+    data = data.subset(params.train_subset, params.test_subset).to(device)
+    epochs, batches = params.epochs, -(-len(data.train_labels) // params.batch_size)
+    model = build_model(params.model, pretrained=params.pretrained)
     training = Training(model, params, device, steps=epochs * batches)
     print(
-        f"trainboard: {params['model']} on {params['dataset']} ({len(data.train_labels)} train, "
+        f"trainboard: {params.model} on {params.dataset} ({len(data.train_labels)} train, "
         f"{len(data.test_labels)} test images) on {device}, precision {str(training.precision).removeprefix('torch.')}, "
-        f"compile {params['compile']}",
+        f"compile {params.compile}",
         flush=True,
     )
 
-    tracker = Tracker.start(params, name=name, job_dir=job_dir, reporter=reporter)
+    tracker = Tracker.start(params, name=name, job_dir=files.root, reporter=reporter)
     try:
-        tracker.watch(model, log=params["wandb_watch"], log_freq=params["wandb_watch_freq"])
+        tracker.watch(model, log=params.wandb_watch, log_freq=params.wandb_watch_freq)
         metrics: dict[str, Any] = {}
         for epoch in range(1, epochs + 1):
             # ---- Train -------------------------------------------------------------------------
@@ -114,9 +116,9 @@ def run(
             train_seconds = time.perf_counter() - started
 
             # ---- Evaluate ----------------------------------------------------------------------
-            accuracy, test_loss, examples = evaluate(training, data, params["test_batch_size"], params["tta"])
+            accuracy, test_loss, examples = evaluate(training, data, params.test_batch_size, params.tta)
             tracker.log_epoch(epoch, accuracy, test_loss, examples)
-            save_examples(job_dir, epoch, examples)
+            save_examples(files, epoch, examples)
             metrics = {
                 "epoch": epoch,
                 "test_accuracy": accuracy,
@@ -125,21 +127,21 @@ def run(
                 "train_images_per_second": len(data.train_labels) / train_seconds,
                 "epoch_seconds": time.perf_counter() - started,
             }
-            reporter.progress(
-                {"epoch": epoch, "epochs": epochs, "batch": batches, "batches": batches},
+            reporter.report(Progress(
+                progress={"epoch": epoch, "epochs": epochs, "batch": batches, "batches": batches},
                 metrics=metrics,
                 points=[("epoch", epoch, metrics)],
-            )
+            ))
             print(f"trainboard: epoch {epoch}/{epochs} test accuracy {accuracy:.2f}% test loss {test_loss:.4f}", flush=True)
 
         # ---- Save ------------------------------------------------------------------------------
-        model_path = save_model(model, job_dir / "model.pth")
+        model_path = save_model(model, files.model)
         tracker.save(model_path)
     except BaseException:
         tracker.finish(exit_code=1)
         raise
     tracker.finish()
-    reporter.result(metrics, [{"name": model_path.name, "size": model_path.stat().st_size}])
+    reporter.report(Result(metrics=metrics, artifacts=[{"name": model_path.name, "size": model_path.stat().st_size}]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,35 +203,35 @@ def training_inputs(images: torch.Tensor, augment: str, layout: torch.memory_for
 class Training:
     """The model on its device and everything one optimisation step needs."""
 
-    def __init__(self, model: torch.nn.Module, params: dict[str, Any], device: torch.device, steps: int):
+    def __init__(self, model: torch.nn.Module, params: JobCreate, device: torch.device, steps: int):
         self.params = params
         self.device = device
         self.steps = steps
-        self.precision = resolve_precision(params["precision"], device)
-        self.layout = torch.channels_last if params["channels_last"] else torch.contiguous_format
+        self.precision = resolve_precision(params.precision, device)
+        self.layout = torch.channels_last if params.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.layout)
         if device.type == "cpu":
             skip_padding_taps(model)
         # Only forward() is compiled, not the module call: hooks (wandb.watch's) stay eager
         # Python instead of forcing graph breaks and recompiles.
-        self.cuda_graphs = params["compile"] == "reduce-overhead" and device.type == "cuda"
-        if params["compile"] != "off":
-            model.forward = torch.compile(model.forward, mode=params["compile"], dynamic=False)
+        self.cuda_graphs = params.compile == "reduce-overhead" and device.type == "cuda"
+        if params.compile != "off":
+            model.forward = torch.compile(model.forward, mode=params.compile, dynamic=False)
         loss_scaling = self.precision == torch.float16
         # Fused: one kernel per step for all parameters, and loss scaling without a host sync.
         # Except SGD under a loss scaler: torch's fused SGD does not honour a skipped step
         # (pytorch's _fused_sgd leaves the momentum uninitialised when the first step overflows).
-        if params["optimizer"] == "adamw":
+        if params.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
-                model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"], fused=True
+                model.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True
             )
         else:
             self.optimizer = torch.optim.SGD(
                 model.parameters(),
-                lr=params["lr"],
-                momentum=params["momentum"],
-                nesterov=params["nesterov"],
-                weight_decay=params["weight_decay"],
+                lr=params.lr,
+                momentum=params.momentum,
+                nesterov=params.nesterov,
+                weight_decay=params.weight_decay,
                 fused=not loss_scaling,
                 foreach=True if loss_scaling else None,
             )
@@ -240,8 +242,8 @@ class Training:
 
     def learning_rate(self, step: int) -> float:
         """The lr of 0-based `step`: a linear warm-up from zero, then the schedule down to zero."""
-        peak, schedule = self.params["lr"], self.params["lr_schedule"]
-        warmup = round(self.params["warmup_fraction"] * self.steps)
+        peak, schedule = self.params.lr, self.params.lr_schedule
+        warmup = round(self.params.warmup_fraction * self.steps)
         if step < warmup:
             return peak * (step + 1) / warmup
         progress = (step - warmup) / max(1, self.steps - warmup)
@@ -259,7 +261,7 @@ class Training:
             torch.compiler.cudagraph_mark_step_begin()
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            loss = F.cross_entropy(self.model(inputs), labels, label_smoothing=self.params["label_smoothing"])
+            loss = F.cross_entropy(self.model(inputs), labels, label_smoothing=self.params.label_smoothing)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -272,17 +274,17 @@ class Training:
 
 
 def train_epoch(
-    training: Training, data: ImageSet, params, epoch: int, batches: int, tracker: Tracker, reporter: Reporter
+    training: Training, data: ImageSet, params: JobCreate, epoch: int, batches: int, tracker: Tracker, reporter: Reporter
 ) -> float:
     """One pass in a random order. Losses stay on the device until a log_interval boundary."""
     training.model.train()
-    batch_size, log_interval = params["batch_size"], params["log_interval"]
+    batch_size, log_interval = params.batch_size, params.log_interval
     order = torch.randperm(len(data.train_labels), device=data.train_labels.device)
     interval_loss = torch.zeros((), device=order.device)
     epoch_loss = torch.zeros((), device=order.device)
     for batch, start in enumerate(range(0, len(order), batch_size), start=1):
         indices = order[start:start + batch_size]
-        inputs = training_inputs(data.train_images[indices], params["augment"], training.layout)
+        inputs = training_inputs(data.train_images[indices], params.augment, training.layout)
         loss = training.step((epoch - 1) * batches + batch - 1, inputs, data.train_labels[indices])
         interval_loss += loss
         epoch_loss += loss * len(indices)
@@ -292,10 +294,10 @@ def train_epoch(
             interval_loss.zero_()
             step = (epoch - 1) * batches + batch
             tracker.log_train_loss(step, mean_loss)
-            reporter.progress(
-                {"epoch": epoch - 1, "epochs": params["epochs"], "batch": batch, "batches": batches},
+            reporter.report(Progress(
+                progress={"epoch": epoch - 1, "epochs": params.epochs, "batch": batch, "batches": batches},
                 points=[("train", step, {"epoch": epoch, "batch": batch, "train_loss": mean_loss})],
-            )
+            ))
     return epoch_loss.item() / len(order)
 
 
@@ -335,13 +337,13 @@ def evaluate(
     return 100.0 * correct.item() / count, total_loss.item() / count, examples
 
 
-def save_examples(job_dir: Path, epoch: int, examples: list[tuple[numpy.ndarray, str]]) -> None:
+def save_examples(files: JobFiles, epoch: int, examples: list[tuple[numpy.ndarray, str]]) -> None:
     """The epoch's "Examples" for the dashboard: PNGs, then a manifest naming them and their captions.
 
     Each file is written under a temporary name and renamed, and the manifest last, so a page
     never shows a half-written image or a caption for an image that is not there yet.
     """
-    folder = job_dir / EXAMPLES_DIR
+    folder = files.examples_dir
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for index, (image, caption) in enumerate(examples):
@@ -349,9 +351,9 @@ def save_examples(job_dir: Path, epoch: int, examples: list[tuple[numpy.ndarray,
         Image.fromarray(image).save(folder / f"{name}.partial", format="PNG")
         os.replace(folder / f"{name}.partial", folder / name)
         entries.append({"file": name, "caption": caption})
-    manifest = folder / "examples.json.partial"
-    manifest.write_text(json.dumps({"epoch": epoch, "examples": entries}))
-    os.replace(manifest, folder / "examples.json")
+    partial = files.examples_manifest.with_name(f"{files.examples_manifest.name}.partial")
+    partial.write_text(json.dumps({"epoch": epoch, "examples": entries}))
+    os.replace(partial, files.examples_manifest)
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:

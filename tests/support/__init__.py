@@ -1,0 +1,2 @@
+"""Helpers the tests and the benchmarks share: the tutorial's reference loop, throwaway PostgreSQL
+databases, free ports."""
