@@ -1,5 +1,6 @@
 """The token, sessions, CSRF, headers, body limit, escaping and secrets, against a real SQLite file."""
 
+import http.client
 import re
 import socket
 import subprocess
@@ -353,11 +354,16 @@ def test_slow_clients_are_cut_off(make_stack):
         )
         answer = read_until_closed(slow_body)
         assert answer.startswith(b"HTTP/1.1 408 ") and b"request body not received within 1 s" in answer
-    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as keep_alive:
-        # A prompt client keeps its connection across requests.
-        for _ in range(2):
-            keep_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            assert keep_alive.recv(4096).startswith(b"HTTP/1.1 200 ")
+    # A prompt client keeps its connection across requests.
+    keep_alive = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    sockets = []
+    for _ in range(2):
+        keep_alive.request("GET", "/healthz")
+        response = keep_alive.getresponse()
+        assert response.status == 200 and response.read() == b'{"status":"ok"}'
+        sockets.append(keep_alive.sock)
+    keep_alive.close()
+    assert sockets[0] is sockets[1] is not None
     assert stack.client.get("/jobs").json()["total"] == 0
     assert "Traceback" not in stack.logs()
 

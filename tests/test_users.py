@@ -290,3 +290,17 @@ def test_the_database_never_holds_a_token(tmp_path: Path, client, settings, toke
     ).fetchall()
     stored = " ".join(row[0] for row in rows)
     assert len(rows) == 4 and all(token not in stored for token in tokens.values()) and session_id not in stored
+
+
+@pytest.mark.slow
+def test_trainboard_submit_works_with_a_users_token(make_stack):
+    stack = make_stack(TRAINBOARD_TOKEN=ADMIN_TOKEN)
+    stack.serve()
+    token = users.add(get_engine(stack.env["TRAINBOARD_DATABASE_URL"]), "alice")
+    env = {**stack.env, "TRAINBOARD_URL": stack.base_url, "TRAINBOARD_TOKEN": token}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "app.cli", "submit", "epochs=1"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = int(re.match(r"job (\d+) queued", submitted.stdout).group(1))
+    assert stack.client.get(f"/jobs/{job_id}", headers=bearer(ADMIN_TOKEN)).json()["owner"] == "alice"
