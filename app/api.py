@@ -10,26 +10,27 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, st
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from app import queue, reads
-from app.deps import EngineDep, JobId, SettingsDep
-from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint, WorkerPublic, utcnow
+from app import queue, reads, users
+from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToRetry, SettingsDep
+from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint, UserName, WorkerPublic, utcnow
 
 router = APIRouter()
 
 NOT_FOUND = {404: {"description": "No job with this id"}}
 CONFLICT = {409: {"description": "The job is in a state that does not allow this; the detail names it"}}
 QUEUE_FULL = {429: {"description": "TRAINBOARD_MAX_QUEUED jobs are already waiting"}}
+FORBIDDEN = {403: {"description": "The job is someone else's; only its owner or an admin may change it"}}
 
 
-async def queue_refusal(_request: Request, exc: Exception) -> JSONResponse:
-    """The queue's refusals as HTTP answers: unknown job 404, wrong state 409, full queue 429."""
+async def refusal(_request: Request, exc: Exception) -> JSONResponse:
+    """Refusals as HTTP answers: unknown job 404, someone else's job 403, wrong state 409, full queue 429."""
     if isinstance(exc, queue.QueueFull):
         return JSONResponse({"detail": str(exc)}, status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": "30"})
-    code = status.HTTP_404_NOT_FOUND if isinstance(exc, queue.JobNotFound) else status.HTTP_409_CONFLICT
-    return JSONResponse({"detail": str(exc)}, code)
+    codes = {queue.JobNotFound: status.HTTP_404_NOT_FOUND, users.NotAllowed: status.HTTP_403_FORBIDDEN}
+    return JSONResponse({"detail": str(exc)}, codes.get(type(exc), status.HTTP_409_CONFLICT))
 
 
-QUEUE_REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull)
+REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull, users.NotAllowed)
 
 
 @router.get("/healthz", tags=["health"])
@@ -43,6 +44,7 @@ def healthz(engine: EngineDep) -> dict[str, str]:
 def create_job(
     engine: EngineDep,
     settings: SettingsDep,
+    user: CurrentUser,
     response: Response,
     params: Annotated[JobCreate, Body(openapi_examples={
         "tutorial": {"summary": "The tutorial's config", "value": {}},
@@ -51,10 +53,10 @@ def create_job(
             "dataset": "synthetic", "pretrained": False, "epochs": 2, "train_subset": 2000, "test_subset": 500}},
     })] = None,
 ) -> JobPublic:
-    """Queue a training job. Every field is optional; defaults are the tutorial's config."""
+    """Queue a training job, owned by whoever sends it. Every field is optional; defaults are the tutorial's config."""
     job = queue.submit(
         engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode,
-        max_attempts=settings.max_attempts, max_queued=settings.max_queued,
+        max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
     )
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
@@ -64,11 +66,12 @@ def create_job(
 def list_jobs(
     engine: EngineDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    owner: Annotated[UserName | None, Query(description="Only this user's jobs")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
     """Jobs, newest first."""
-    listing = reads.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
+    listing = reads.list_jobs(engine, status=status_filter, owner=owner, limit=limit, offset=offset)
     return JobPage(items=[JobPublic.from_job(job) for job in listing.jobs], total=listing.total, limit=limit, offset=offset)
 
 
@@ -121,19 +124,23 @@ def download_example(job_id: JobId, name: str, engine: EngineDep, settings: Sett
     return FileResponse(settings.job_files(job_id).examples_dir / name, media_type="image/png")
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
-def cancel_job(job_id: JobId, engine: EngineDep) -> JobPublic:
+@router.post(
+    "/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["jobs"]
+)
+def cancel_job(job: JobToCancel, engine: EngineDep) -> JobPublic:
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
-    return JobPublic.from_job(queue.request_cancel(engine, job_id))
+    return JobPublic.from_job(queue.request_cancel(engine, job.id))
 
 
 @router.post(
     "/jobs/{job_id}/retry", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-    responses={**NOT_FOUND, **CONFLICT, **QUEUE_FULL}, tags=["jobs"],
+    responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT, **QUEUE_FULL}, tags=["jobs"],
 )
-def retry_job(job_id: JobId, response: Response, engine: EngineDep, settings: SettingsDep) -> JobPublic:
-    """A new job with the same parameters as a failed or cancelled one, linked to it."""
-    job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
+def retry_job(
+    original: JobToRetry, user: CurrentUser, response: Response, engine: EngineDep, settings: SettingsDep
+) -> JobPublic:
+    """A new job with the same parameters as a failed or cancelled one, linked to it and owned by whoever asks."""
+    job = queue.retry(engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobPublic.from_job(job)
 

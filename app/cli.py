@@ -1,6 +1,7 @@
-"""The `trainboard` command: serve, worker, up; submit, status, cancel for scripts."""
+"""The `trainboard` command: serve, worker, up; submit, status, cancel for scripts; user for admins."""
 
 import argparse
+import functools
 import ipaddress
 import signal
 import subprocess
@@ -19,15 +20,32 @@ def is_loopback(host: str) -> bool:
 
 
 def refuse_open_network(host: str) -> None:
-    """Beyond localhost, anyone on the network could queue jobs on the GPUs: a token is required."""
+    """Beyond localhost, anyone on the network could queue jobs on the GPUs: a strong token, or
+    users with their own, are required."""
+    from app import users
+    from app.db import get_engine, migrate
     from app.settings import get_settings
 
-    if not is_loopback(host) and not get_settings().token_value:
+    if is_loopback(host):
+        return
+    settings = get_settings()
+    generate = "TRAINBOARD_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+    token = settings.token_value
+    if token and (weakness := users.token_weakness(token)):
+        sys.exit(
+            f"trainboard: refusing to serve on {host}: TRAINBOARD_TOKEN {weakness}. A token that guards a dashboard "
+            f"others can reach needs at least {users.MIN_TOKEN_LENGTH} characters, no whitespace and at least "
+            f"{users.MIN_TOKEN_DISTINCT_CHARACTERS} different characters, e.g. {generate}"
+        )
+    if token:
+        return
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    if not users.sign_in_required(engine, settings):
         sys.exit(
             f"trainboard: refusing to serve on {host} without an access token. Set TRAINBOARD_TOKEN "
-            "(in the environment, or in .env for docker compose), e.g. "
-            "TRAINBOARD_TOKEN=$(python -c 'import secrets; print(secrets.token_urlsafe(32))'), "
-            "or serve on 127.0.0.1."
+            f"(in the environment, or in .env for docker compose), e.g. {generate}, "
+            "or add a user with `trainboard user add NAME --admin`, or serve on 127.0.0.1."
         )
 
 
@@ -35,9 +53,16 @@ def serve(host: str, port: int) -> None:
     import uvicorn
 
     from app.main import create_app
+    from app.security import MAX_HEADER_BYTES, HeaderDeadlineProtocol
+    from app.settings import get_settings
 
     refuse_open_network(host)
-    uvicorn.run(create_app(), host=host, port=port, log_config=None)
+    settings = get_settings()
+    uvicorn.run(
+        create_app(), host=host, port=port, log_config=None,
+        http=functools.partial(HeaderDeadlineProtocol, header_timeout=settings.header_timeout_seconds),
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_keep_alive=5,
+    )
 
 
 def up(host: str, port: int, gpus: str) -> None:
@@ -78,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
-        command.add_argument("--token", help="access token (default: $TRAINBOARD_TOKEN)")
+        command.add_argument("--token", help="your access token, or the admin's (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
             command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
             command.add_argument(
@@ -90,12 +115,30 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("job_id", type=int)
         if name == "status":
             command.add_argument("--json", action="store_true", help="print the job as JSON")
+    user = commands.add_parser("user", help="add, list, revoke or rotate users (on the database in the app's settings)")
+    user_actions = user.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("add", "add a user and print their token, once"),
+        ("list", "list the users"),
+        ("revoke", "end a user's token and sessions"),
+        ("rotate", "give a user a new token, ending the old one and their sessions"),
+    ):
+        command = user_actions.add_parser(action, help=help_text)
+        if action != "list":
+            command.add_argument("name")
+        if action == "add":
+            command.add_argument("--admin", action="store_true", help="may cancel and retry anyone's jobs")
     args = parser.parse_args(argv)
 
     if args.command in ("submit", "status", "cancel"):
         from app.client import run
 
         sys.exit(run(args.command, args))
+    if args.command == "user":
+        from app import users
+        from app.settings import get_settings
+
+        sys.exit(users.run(args, get_settings()))
 
     configure_logging()
     if args.command == "serve":

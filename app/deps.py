@@ -10,7 +10,9 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import Scope
 
+from app import queue, users
 from app.db import get_engine
+from app.models import Job
 from app.settings import Settings
 
 
@@ -26,6 +28,14 @@ def engine_dependency(settings: SettingsDep) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(engine_dependency)]
+
+
+def current_user(request: Request) -> users.Caller:
+    """Who the request acts as (app/security.py's guard identified them; admin without sign-in)."""
+    return request.state.user
+
+
+CurrentUser = Annotated[users.Caller, Depends(current_user)]
 
 
 def _accepts_html(headers: Headers) -> bool:
@@ -52,3 +62,21 @@ class PageRoute(APIRoute):
 # Ids fit a signed 64-bit column on every database; a larger one is simply not found.
 MAX_JOB_ID = 2**63 - 1
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id")]
+
+
+class JobWrite:
+    """The dependency of every route that changes a job: the job at {job_id} (404 when there is
+    none), once users.authorize lets the caller do `action` to it (403 naming the owner otherwise).
+    A new write route takes `job: Annotated[Job, Depends(JobWrite("pause"))]`."""
+
+    def __init__(self, action: str):
+        self.action = action
+
+    def __call__(self, job_id: JobId, user: CurrentUser, engine: EngineDep) -> Job:
+        job = queue.get_job(engine, job_id)
+        users.authorize(user, job, self.action)
+        return job
+
+
+JobToCancel = Annotated[Job, Depends(JobWrite("cancel"))]
+JobToRetry = Annotated[Job, Depends(JobWrite("retry"))]

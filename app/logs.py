@@ -6,9 +6,12 @@ Pass context as `extra={"job_id": 7}`; it shows as job_id=7 in text and as a fie
 import json
 import logging
 import os
+import re
 from datetime import datetime, timezone
 
 CONTEXT_FIELDS = ("job_id", "attempt", "worker_id", "slot")
+# Query parameters whose values the access log leaves out: a token someone put in a URL.
+SECRET_PARAMETER = re.compile(r"([?&][^=&#]*(?:token|key|secret|password|auth)[^=&#]*=)[^&#]*", re.IGNORECASE)
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,10 +41,22 @@ class TextFormatter(logging.Formatter):
         return f"{first} [{context}]{newline}{rest}"
 
 
+class RedactQuerySecrets(logging.Filter):
+    """Uvicorn's access log without the values of token-like query parameters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Uvicorn's access record: (client, method, path with query, HTTP version, status).
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, SECRET_PARAMETER.sub(r"\1[redacted]", str(path)), version, status)
+        return True
+
+
 def configure_logging() -> None:
     handler = logging.StreamHandler()
     json_format = os.environ.get("TRAINBOARD_LOG_FORMAT", "text").lower() == "json"
     handler.setFormatter(JsonFormatter() if json_format else TextFormatter())
+    handler.addFilter(RedactQuerySecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("TRAINBOARD_LOG_LEVEL", "INFO").upper())
@@ -50,3 +65,4 @@ def configure_logging() -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import api, metrics, pages, security
-from app.templating import STATIC_DIR, templates
+from app.templating import STATIC_DIR, SWAGGER_UI_ASSETS, templates
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
 
@@ -26,14 +26,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Submit CIFAR-10 / ResNet-18 training jobs; workers train them with W&B logging.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # app/pages.py serves /docs from the app's own copy of Swagger UI
+        redoc_url=None,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings = settings or get_settings()
+    app.state.login_throttle = security.LoginThrottle()
     app.exception_handler(RequestValidationError)(validation_error)
-    for refusal in api.QUEUE_REFUSALS:
-        app.exception_handler(refusal)(api.queue_refusal)
+    for refusal in api.REFUSALS:
+        app.exception_handler(refusal)(api.refusal)
+    app.mount("/static/swagger-ui", StaticFiles(packages=[SWAGGER_UI_ASSETS]), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.middleware("http")(security.guard)
-    app.add_middleware(security.BodyLimit)
+    app.add_middleware(security.BodyLimit, timeout=settings.body_timeout_seconds)
     templates.env.globals["csrf_token"] = security.csrf_token
     app.include_router(security.router)
     app.include_router(pages.router)

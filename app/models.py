@@ -31,6 +31,10 @@ WandbProject = Annotated[str, StringConstraints(min_length=1, max_length=128, pa
 WandbEntity = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 JobName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+# A user's name: what jobs record as their owner, and what `trainboard user add` takes.
+UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+# TRAINBOARD_TOKEN acts as this user, an admin; jobs from before users existed are theirs too.
+ADMIN_NAME = "admin"
 
 
 def utcnow() -> datetime:
@@ -176,10 +180,12 @@ class Job(SQLModel, table=True):
     __table_args__ = (
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_owner_id", "owner", "id"),
     )
 
     id: int | None = ColumnField(default=None, primary_key=True)
     name: str = ColumnField(max_length=128)
+    owner: str = ColumnField(default=ADMIN_NAME, max_length=64, sa_column_kwargs={"server_default": ADMIN_NAME})
     status: str = ColumnField(default=JobStatus.QUEUED, max_length=16)
     params: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     progress: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -247,6 +253,7 @@ class ArtifactPublic(BaseModel):
 class JobPublic(BaseModel):
     id: int
     name: str
+    owner: str
     status: JobStatus
     params: dict[str, Any]
     progress: dict[str, Any]
@@ -269,6 +276,7 @@ class JobPublic(BaseModel):
         return cls(
             id=job.id,
             name=job.name,
+            owner=job.owner,
             status=job.status,
             params=job.params,
             progress=job.progress,

@@ -1,12 +1,12 @@
 """HTML pages: the job list (and the fragment of it that updates live), the new-job form, a job's
-page (and its live fragment), the comparison of jobs, and the workers.
+page (and its live fragment), the comparison of jobs, the workers, and the API's documentation.
 
 Routes only: the reads are app/reads.py's, the form's fields app/forms.py's, the values' wording
 app/formatting.py's and the charts app/charts.py's. Pages at URLs the JSON API shares are
 `PageRoute`s: they answer browsers, and every other request falls through to the API.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -15,10 +15,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from app import charts, forms, queue, reads
-from app.deps import MAX_JOB_ID, EngineDep, JobId, PageRoute, SettingsDep
+from app import charts, forms, queue, reads, users
+from app.deps import MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToRetry, PageRoute, SettingsDep
 from app.formatting import loss, param_value, percent, progress_view
-from app.models import ACTIVE_STATUSES, STATUSES, Job, JobCreate, JobPublic, JobStatus, utcnow
+from app.models import ACTIVE_STATUSES, STATUSES, Job, JobCreate, JobPublic, JobStatus, UserName, utcnow
 from app.settings import Settings
 from app.templating import templates
 
@@ -80,7 +80,7 @@ def new_job_form(
 
 
 @router.post("/jobs/new", response_class=HTMLResponse)
-async def submit_job_form(request: Request, engine: EngineDep, settings: SettingsDep):
+async def submit_job_form(request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser):
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     try:
         params = JobCreate.model_validate(forms.parse_form(form))
@@ -90,7 +90,7 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
     try:
         job = queue.submit(
             engine, params, default_wandb_mode=settings.wandb_mode,
-            max_attempts=settings.max_attempts, max_queued=settings.max_queued,
+            max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
         )
     except queue.QueueFull as exc:
         return _render_form(request, forms.submitted_values(form), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc))
@@ -102,12 +102,6 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
 # ---------------------------------------------------------------------------------------------
 
 
-def _page_link(status_filter: str | None, search: str | None, limit: int, offset: int) -> str:
-    query = {"status": status_filter, "q": search, "offset": offset or None, "limit": limit if limit != 50 else None}
-    encoded = urlencode({key: value for key, value in query.items() if value})
-    return "/?" + encoded if encoded else "/"
-
-
 @dataclass(frozen=True)
 class ListQuery:
     """What the list shows: `/`, its live fragment `/live` and a browser's `/jobs` take the same
@@ -117,16 +111,28 @@ class ListQuery:
     search: str | None
     limit: int
     offset: int
+    owner: str | None = None
+
+    def link(self, **changes: Any) -> str:
+        """The list's URL for this query with some parts changed (another page, status or owner)."""
+        query = replace(self, **changes)
+        parameters = {
+            "status": query.status_filter, "owner": query.owner, "q": query.search,
+            "offset": query.offset or None, "limit": query.limit if query.limit != 50 else None,
+        }
+        encoded = urlencode({key: value for key, value in parameters.items() if value})
+        return "/?" + encoded if encoded else "/"
 
 
 def list_query(
     status_filter: Annotated[str | None, Query(alias="status")] = None,
+    owner: Annotated[UserName | None, Query()] = None,
     search: Annotated[str | None, Query(alias="q", max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> ListQuery:
     known = JobStatus(status_filter) if status_filter in STATUSES else None
-    return ListQuery(known, (search or "").strip() or None, limit, offset)
+    return ListQuery(known, (search or "").strip() or None, limit, offset, owner)
 
 
 ListQueryDep = Annotated[ListQuery, Depends(list_query)]
@@ -142,11 +148,12 @@ def jobs_index(
     request: Request,
     engine: EngineDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    owner: Annotated[UserName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> HTMLResponse:
     """A browser's `GET /jobs`: the list, with the JSON API's query parameters."""
-    return _render_index(request, engine, ListQuery(status_filter, None, limit, offset))
+    return _render_index(request, engine, ListQuery(status_filter, None, limit, offset, owner))
 
 
 @router.get("/live", response_class=HTMLResponse)
@@ -159,14 +166,14 @@ def index_live_fragment(request: Request, engine: EngineDep, query: ListQueryDep
 
 
 def _render_index(request: Request, engine: Engine, query: ListQuery, *, template: str = "index.html") -> HTMLResponse:
-    status_filter, search, limit, offset = query.status_filter, query.search, query.limit, query.offset
-    listing = reads.list_jobs(engine, status=status_filter, search=search, limit=limit, offset=offset)
+    status_filter, search, limit, offset, owner = query.status_filter, query.search, query.limit, query.offset, query.owner
+    listing = reads.list_jobs(engine, status=status_filter, search=search, owner=owner, limit=limit, offset=offset)
     jobs = [JobPublic.from_job(job) for job in listing.jobs]
     total = listing.total
     title = "trainboard"
-    if search or status_filter:
+    if search or status_filter or owner:
         matching = f" matching “{search}”" if search else ""
-        title = f"{total} {status_filter + ' ' if status_filter else ''}jobs{matching} · trainboard"
+        title = f"{total} {status_filter + ' ' if status_filter else ''}jobs{f' of {owner}' if owner else ''}{matching} · trainboard"
     return templates.TemplateResponse(
         request,
         template,
@@ -180,14 +187,17 @@ def _render_index(request: Request, engine: Engine, query: ListQuery, *, templat
             "offset": offset,
             "status_filter": status_filter,
             "search": search,
+            "owner": owner,
+            "me": request.state.user.name if request.state.signed_in else None,
             "statuses": STATUSES,
             "columns": LIST_COLUMNS,
-            "newer": _page_link(status_filter, search, limit, max(offset - limit, 0)) if offset > 0 else None,
-            "older": _page_link(status_filter, search, limit, offset + limit) if offset + limit < total else None,
-            "status_link": lambda s: _page_link(s, search, limit, 0),
-            "clear_search": _page_link(status_filter, None, limit, 0),
+            "newer": query.link(offset=max(offset - limit, 0)) if offset > 0 else None,
+            "older": query.link(offset=offset + limit) if offset + limit < total else None,
+            "status_link": lambda s: query.link(status_filter=s, offset=0),
+            "owner_link": lambda o: query.link(owner=o, offset=0),
+            "clear_search": query.link(search=None, offset=0),
             "title": title,
-            "live_src": "/live" + _page_link(status_filter, search, limit, offset).removeprefix("/"),
+            "live_src": "/live" + query.link().removeprefix("/"),
             "live_interval": LIST_LIVE_INTERVAL_MS,
             "compare_max": COMPARE_MAX,
         },
@@ -199,7 +209,7 @@ def _render_index(request: Request, engine: Engine, query: ListQuery, *, templat
 # ---------------------------------------------------------------------------------------------
 
 
-def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
+def _job_context(engine: Engine, settings: Settings, job: Job, user: users.Caller) -> dict[str, Any]:
     public = JobPublic.from_job(job)
     points = reads.metric_points(engine, [job])[job.id]
     log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
@@ -207,6 +217,7 @@ def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]
         log = log.split("\n", 1)[1]
     return {
         "job": public,
+        "may_change": users.may_change(user, job),
         "active": job.status in ACTIVE_STATUSES,
         "progress": progress_view(public),
         "epochs": [values for _, values in points["epoch"]],
@@ -218,32 +229,36 @@ def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]
 
 
 @shared_router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
+def job_page(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser) -> HTMLResponse:
     job = queue.get_job(engine, job_id)
-    return templates.TemplateResponse(request, "job.html", _job_context(engine, settings, job))
+    return templates.TemplateResponse(request, "job.html", _job_context(engine, settings, job, user))
 
 
 @router.get("/jobs/{job_id}/live", response_class=HTMLResponse)
-def job_live_fragment(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
+def job_live_fragment(
+    job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser
+) -> HTMLResponse:
     """The parts of a job's page that change while it runs; the page's script swaps them in."""
     try:
         job = queue.get_job(engine, job_id)
     except queue.JobNotFound as exc:
         return HTMLResponse(f"<p>{exc}</p>", status_code=status.HTTP_404_NOT_FOUND)
-    response = templates.TemplateResponse(request, "job_live.html", _job_context(engine, settings, job))
+    response = templates.TemplateResponse(request, "job_live.html", _job_context(engine, settings, job, user))
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @shared_router.post("/jobs/{job_id}/cancel")
-def cancel_button(job_id: JobId, engine: EngineDep) -> RedirectResponse:
-    queue.request_cancel(engine, job_id)
-    return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
+def cancel_button(job: JobToCancel, engine: EngineDep) -> RedirectResponse:
+    queue.request_cancel(engine, job.id)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 @shared_router.post("/jobs/{job_id}/retry")
-def retry_button(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
-    job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
+def retry_button(original: JobToRetry, user: CurrentUser, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
+    job = queue.retry(
+        engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name
+    )
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -337,3 +352,14 @@ def compare(request: Request, engine: EngineDep, ids: Annotated[list[str] | None
 def workers_page(request: Request, engine: EngineDep, settings: SettingsDep) -> HTMLResponse:
     workers = reads.worker_views(engine, settings.lease_seconds, utcnow())
     return templates.TemplateResponse(request, "workers.html", {"workers": workers})
+
+
+# ---------------------------------------------------------------------------------------------
+# The API's documentation
+# ---------------------------------------------------------------------------------------------
+
+
+@router.get("/docs", response_class=HTMLResponse)
+def api_docs(request: Request) -> HTMLResponse:
+    """Swagger UI from the app's own copy (no CDN), started by /static/docs.js (no inline script)."""
+    return templates.TemplateResponse(request, "docs.html", {"openapi_url": request.app.openapi_url})

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import Job, JobCreate, JobMetric, JobStatus, Worker, as_utc, utcnow
+from app.models import ADMIN_NAME, Job, JobCreate, JobMetric, JobStatus, Worker, as_utc, utcnow
 
 log = logging.getLogger("trainboard.queue")
 
@@ -66,9 +66,9 @@ RenewOutcome = Literal["ok", "cancel", "lost"]
 
 def submit(
     engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_attempts: int,
-    max_queued: int | None = None, retry_of: int | None = None,
+    max_queued: int | None = None, retry_of: int | None = None, owner: str = ADMIN_NAME,
 ) -> Job:
-    """Queue a job. With max_queued, refuse (QueueFull) while that many jobs wait already."""
+    """Queue a job for `owner`. With max_queued, refuse (QueueFull) while that many jobs wait already."""
     values = params.model_dump(mode="json")
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
     with _write_session(engine) as session:
@@ -76,7 +76,7 @@ def submit(
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
-        job = Job(name=values["name"] or "", params=values, max_attempts=max_attempts, retry_of=retry_of)
+        job = Job(name=values["name"] or "", owner=owner, params=values, max_attempts=max_attempts, retry_of=retry_of)
         session.add(job)
         session.flush()
         if not job.name:
@@ -296,15 +296,17 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
     return job
 
 
-def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | None = None) -> Job:
-    """A new job with the same parameters as a failed or cancelled one, linked to it."""
+def retry(
+    engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | None = None, owner: str = ADMIN_NAME
+) -> Job:
+    """A new job for `owner` with the same parameters as a failed or cancelled one, linked to it."""
     original = get_job(engine, job_id)
     if original.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobStateConflict(job_id, original.status, "retry")
     params = JobCreate.model_validate({**original.params, "name": original.name})
     return submit(
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
-        max_queued=max_queued, retry_of=job_id,
+        max_queued=max_queued, retry_of=job_id, owner=owner,
     )
 
 

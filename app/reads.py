@@ -54,9 +54,12 @@ def _search_condition(search: str):
 
 
 def list_jobs(
-    engine: Engine, *, status: JobStatus | None, limit: int, offset: int, search: str | None = None
+    engine: Engine, *, status: JobStatus | None, limit: int, offset: int, search: str | None = None,
+    owner: str | None = None,
 ) -> JobListing:
     conditions = [_search_condition(search)] if search else []
+    if owner:
+        conditions.append(Job.owner == owner)
     query = select(Job).where(*conditions)
     if status:
         query = query.where(Job.status == status)

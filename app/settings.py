@@ -27,7 +27,11 @@ class Settings(BaseSettings):
         default="auto", description="auto: online when a W&B API key is configured, else offline"
     )
     token: SecretStr | None = Field(
-        default=None, description="Shared access token; required when serving beyond localhost"
+        default=None,
+        description=(
+            "The admin's access token (user `admin`); serving beyond localhost needs it, at least 16 characters "
+            "with 10 different ones and no whitespace, or a user added with `trainboard user add`"
+        ),
     )
     max_queued: int | None = Field(default=None, ge=1, description="Refuse new jobs (429) while this many are queued")
     heartbeat_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -35,6 +39,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     poll_seconds: float = Field(default=1.0, gt=0, le=60, description="How often an idle worker looks for work")
     cancel_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=300, description="A request's line and headers must arrive within this, or the connection closes"
+    )
+    body_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600, description="A request's body must arrive within this of its headers (408 past it)"
+    )
 
     @property
     def token_value(self) -> str | None:
@@ -84,6 +94,15 @@ class JobFiles:
                 return log.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+
+def wandb_environment(environment: dict[str, str], wandb_mode: str | None) -> dict[str, str]:
+    """A job's training environment, less W&B's API key when the job runs offline or disabled:
+    such a run never uploads, so the key has no use there and its training code need not see it.
+    `wandb_mode` is the job's (auto keeps the key: it means online when there is one)."""
+    if wandb_mode in ("offline", "disabled"):
+        return {name: value for name, value in environment.items() if name != "WANDB_API_KEY"}
+    return dict(environment)
 
 
 @lru_cache

@@ -10,6 +10,8 @@ from app import formatting
 
 TEMPLATES_DIR = Path(str(files("templates")))
 STATIC_DIR = TEMPLATES_DIR / "static"
+# Swagger UI's script and stylesheet, as the fastapi-swagger package ships them (package, folder).
+SWAGGER_UI_ASSETS = ("fastapi_swagger", "resources")
 
 templates = Jinja2Templates(directory=TEMPLATES_DIR)
 templates.env.filters["number"] = formatting.number

@@ -16,6 +16,8 @@ try:
 except ImportError:
     expect = sync_playwright = None
 
+from app import users
+from app.db import get_engine
 from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -303,3 +305,36 @@ def test_with_a_token_log_in_submit_from_the_form_and_log_out(make_stack, page):
     page.wait_for_url(re.compile(r"/login$"))
     page.goto(stack.base_url + "/")
     page.wait_for_url(re.compile(r"/login\?next=/$"))
+
+
+def test_docs_render_offline_and_try_it_out_posts_as_the_user(make_stack, page, screenshot):
+    admin_token = "browser-token-0123456789-abcdef"
+    stack = make_stack(TRAINBOARD_TOKEN=admin_token)
+    stack.client.headers["Authorization"] = f"Bearer {admin_token}"
+    stack.serve()
+    alice_token = users.add(get_engine(stack.env["TRAINBOARD_DATABASE_URL"]), "alice")
+    # Offline: anything not from the app itself fails, and is recorded.
+    elsewhere: list[str] = []
+    page.context.route(
+        re.compile(r"^(?!" + re.escape(stack.base_url) + r"/).*"),
+        lambda route: (elsewhere.append(route.request.url), route.abort()),
+    )
+    policy_violations: list[str] = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and policy_violations.append(message.text))
+
+    page.goto(stack.base_url + "/login?next=/docs")
+    page.fill("[name=token]", alice_token)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/docs$"))
+    expect(page.locator("#signed-in")).to_contain_text("alice")
+    create = page.locator("#operations-jobs-create_job_jobs_post")
+    expect(create).to_be_visible()
+    expect(page.locator("#operations-jobs-cancel_job_jobs__job_id__cancel_post")).to_be_visible()
+    screenshot("docs")
+
+    create.locator(".opblock-summary").click()
+    create.locator(".try-out__btn").click()
+    create.locator(".execute").click()
+    expect(create.locator(".live-responses-table tbody .response-col_status")).to_have_text("201")
+    assert [job["owner"] for job in stack.client.get("/jobs").json()["items"]] == ["alice"]
+    assert elsewhere == [] and policy_violations == []

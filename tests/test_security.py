@@ -1,6 +1,8 @@
 """The token, sessions, CSRF, headers, body limit, escaping and secrets, against a real SQLite file."""
 
+import http.client
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,11 +10,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app import api, metrics, pages, security
+from app import api, metrics, pages, security, users
 from app.main import create_app
 from app.security import CSRF_COOKIE, SESSION_COOKIE, make_session, session_valid
 from app.settings import Settings
-from tests.conftest import LOCAL
+from tests.conftest import LOCAL, wait_for
 
 TOKEN = "correct-horse-battery-staple-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -234,3 +236,143 @@ def test_without_a_token_only_localhost_is_served(tmp_path: Path):
             assert client.get("/jobs").status_code == 200, local
     with TestClient(create_app(make_settings(tmp_path, token=TOKEN)), base_url="http://gpu-host.example") as client:
         assert client.get("/jobs", headers=BEARER).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions end on the server; login throttling; weak tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_logged_out_cookie_no_longer_works(client):
+    csrf = login(client)
+    old_cookie = client.cookies[SESSION_COOKIE]
+    assert client.get("/jobs").status_code == 200
+    client.post("/logout", data={"csrf_token": csrf}, headers={"Origin": str(client.base_url)}, follow_redirects=False)
+    client.cookies.set(SESSION_COOKIE, old_cookie)  # replayed, as a copy of the cookie would be
+    assert client.get("/jobs").status_code == 401
+    page = client.get("/", headers=HTML, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login?next=/"
+
+
+def test_a_cookie_for_a_session_the_server_never_started_is_refused(client):
+    # Signed with the right key, but no login started it.
+    client.cookies.set(SESSION_COOKIE, make_session(users.digest(TOKEN)))
+    assert client.get("/jobs").status_code == 401
+
+
+def test_after_ten_wrong_tokens_a_client_must_wait(app):
+    def attempt(client: TestClient, token: str):
+        return client.post("/login", data={"token": token}, headers=HTML, follow_redirects=False)
+
+    with TestClient(app, client=("192.0.2.1", 40000)) as guesser:
+        for _ in range(security.LOGIN_FAILURES_PER_CLIENT):
+            assert attempt(guesser, "guess").status_code == 401
+        refused = attempt(guesser, TOKEN)  # even the right token: no token is checked meanwhile
+        assert refused.status_code == 429 and "try again in" in refused.text
+        assert 1 <= int(refused.headers["retry-after"]) <= security.LOGIN_WINDOW_SECONDS
+    with TestClient(app, client=("192.0.2.2", 40000)) as someone_else:
+        assert attempt(someone_else, TOKEN).status_code == 303
+
+
+def test_the_login_throttle_counts_clients_and_everyone_within_its_window():
+    now = [1000.0]
+    throttle = security.LoginThrottle(per_client=3, overall=5, window=60, clock=lambda: now[0])
+    for client in ("a", "a", "a", "b"):
+        assert throttle.retry_after(client) is None
+        throttle.failed(client)
+    assert throttle.retry_after("a") == 60 and throttle.retry_after("b") is None
+    throttle.failed("b")
+    assert throttle.retry_after("c") == 60  # five failures in the window: everyone waits
+    now[0] += 30
+    assert throttle.retry_after("c") == 30
+    now[0] += 30
+    assert throttle.retry_after("a") is None and throttle.retry_after("c") is None
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("a", "has fewer than 16 characters"),
+        ("ababababababababababab", "has fewer than 10 different characters"),
+        ("correct horse battery staple", "contains whitespace"),
+    ],
+)
+def test_serve_refuses_a_weak_token_beyond_localhost(tmp_path: Path, token: str, reason: str):
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TRAINBOARD_TOKEN": token,
+        "TRAINBOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0", "--port", "1"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert f"TRAINBOARD_TOKEN {reason}" in result.stderr and "at least 16 characters" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# /docs from the app's own files
+# ---------------------------------------------------------------------------------------------
+
+
+def test_docs_load_only_the_apps_own_files_under_the_strict_policy(client):
+    response = client.get("/docs", headers=BEARER)
+    assert response.status_code == 200
+    assert response.headers["content-security-policy"] == security.PAGE_CSP
+    assets = re.findall(r'<script[^>]* src="([^"]+)"', response.text) + re.findall(r'<link[^>]* href="([^"]+)"', response.text)
+    assert "/static/swagger-ui/swagger-ui-bundle.js" in assets and "/static/docs.js" in assets
+    assert "<script>" not in response.text and "cdn" not in response.text.lower()
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), asset
+        assert client.get(asset).status_code == 200, asset  # static files need no token
+
+
+# ---------------------------------------------------------------------------------------------
+# A real `trainboard serve`: slow clients, the access log
+# ---------------------------------------------------------------------------------------------
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes; the socket's own timeout fails the test."""
+    received = b""
+    while chunk := connection.recv(4096):
+        received += chunk
+    return received
+
+
+@pytest.mark.slow
+def test_slow_clients_are_cut_off(make_stack):
+    stack = make_stack(TRAINBOARD_HEADER_TIMEOUT_SECONDS="1", TRAINBOARD_BODY_TIMEOUT_SECONDS="1")
+    stack.serve()
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as slow_headers:
+        slow_headers.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the blank line never comes
+        assert read_until_closed(slow_headers) == b""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=30) as slow_body:
+        slow_body.sendall(
+            b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"epochs": '
+        )
+        answer = read_until_closed(slow_body)
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"request body not received within 1 s" in answer
+    # A prompt client keeps its connection across requests.
+    keep_alive = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=30)
+    sockets = []
+    for _ in range(2):
+        keep_alive.request("GET", "/healthz")
+        response = keep_alive.getresponse()
+        assert response.status == 200 and response.read() == b'{"status":"ok"}'
+        sockets.append(keep_alive.sock)
+    keep_alive.close()
+    assert sockets[0] is sockets[1] is not None
+    assert stack.client.get("/jobs").json()["total"] == 0
+    assert "Traceback" not in stack.logs()
+
+
+@pytest.mark.slow
+def test_a_token_in_a_query_string_stays_out_of_the_access_log(make_stack):
+    stack = make_stack()
+    stack.serve()
+    secret = "query-secret-0123456789"
+    assert stack.client.get("/healthz", params={"status": "ok", "access_token": secret}).status_code == 200
+    wait_for(lambda: "GET /healthz?status=ok&access_token=[redacted] HTTP/1.1" in stack.logs(), 10, message=stack.logs)
+    assert secret not in stack.logs()
