@@ -1,18 +1,21 @@
-"""The JSON API: submit, list, read, cancel and retry jobs; artifacts, logs, workers, health.
+"""The JSON API: submit, list (search, filter, sort), read, edit, cancel, retry and delete jobs;
+artifacts, logs, workers, health.
 
 Browsers asking for a URL this API shares get app/pages.py's page instead (see deps.PageRoute);
 every route here answers JSON (or a file) only.
 """
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from app import queue, reads
-from app.deps import EngineDep, JobId, SettingsDep
-from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint, WorkerPublic, utcnow
+from app.deps import EngineDep, JobId, KnownQueryOnly, SettingsDep
+from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, WorkerPublic, utcnow
+from app.settings import Settings
 
 router = APIRouter()
 
@@ -30,6 +33,11 @@ async def queue_refusal(_request: Request, exc: Exception) -> JSONResponse:
 
 
 QUEUE_REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull)
+
+
+def _view(engine: Engine, settings: Settings, job: Job) -> JobPublic:
+    """A job as the API shows it; a queued one with its place in the queue and why it waits."""
+    return reads.job_views(engine, [job], settings.lease_seconds)[0]
 
 
 @router.get("/healthz", tags=["health"])
@@ -57,28 +65,57 @@ def create_job(
         max_attempts=settings.max_attempts, max_queued=settings.max_queued,
     )
     response.headers["Location"] = f"/jobs/{job.id}"
-    return JobPublic.from_job(job)
+    return _view(engine, settings, job)
 
 
-@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+@router.get("/jobs", response_model=JobPage, dependencies=[KnownQueryOnly], tags=["jobs"])
 def list_jobs(
     engine: EngineDep,
+    settings: SettingsDep,
+    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name, tag or notes contain this")] = None,
+    tag: Annotated[str | None, Query(max_length=64, description="One of the job's tags is exactly this")] = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601; UTC without an offset)")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601; UTC without an offset)")] = None,
+    sort: Annotated[reads.JobSort, Query(description="-created: newest first; jobs without the metric come last")] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
-    """Jobs, newest first."""
-    listing = reads.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
-    return JobPage(items=[JobPublic.from_job(job) for job in listing.jobs], total=listing.total, limit=limit, offset=offset)
+    """Jobs, newest first unless `sort` says otherwise. Unknown query parameters are refused."""
+    listing = reads.list_jobs(
+        engine, status=status_filter, search=search, tag=tag, created_after=created_after,
+        created_before=created_before, sort=sort, limit=limit, offset=offset,
+    )
+    items = reads.job_views(engine, listing.jobs, settings.lease_seconds)
+    return JobPage(items=items, total=listing.total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
-def read_job(job_id: JobId, engine: EngineDep) -> JobPublic:
+def read_job(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """One job. A browser gets its page, anything else its JSON."""
-    return JobPublic.from_job(queue.get_job(engine, job_id))
+    return _view(engine, settings, queue.get_job(engine, job_id))
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, tags=["jobs"])
+@router.patch("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
+def update_job(job_id: JobId, changes: JobUpdate, engine: EngineDep, settings: SettingsDep) -> JobPublic:
+    """Rename a job, replace its tags, or write its notes; fields left out keep their values."""
+    return _view(engine, settings, queue.update_job(engine, job_id, changes))
+
+
+@router.delete(
+    "/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+    responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"],
+)
+def delete_job(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> None:
+    """A finished job goes with its metric points and files (model, log, W&B run folder). A retry
+    of it stays, unlinked; /metrics keeps counting it."""
+    queue.delete_job(engine, job_id, settings.job_files(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, dependencies=[KnownQueryOnly],
+    tags=["jobs"],
+)
 def read_job_metrics(
     job_id: JobId, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
 ) -> list[MetricPoint]:
@@ -90,7 +127,9 @@ def read_job_metrics(
     ]
 
 
-@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])
+@router.get(
+    "/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, dependencies=[KnownQueryOnly], tags=["jobs"]
+)
 def read_job_log(
     job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
 ) -> PlainTextResponse:
@@ -122,9 +161,9 @@ def download_example(job_id: JobId, name: str, engine: EngineDep, settings: Sett
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **CONFLICT}, tags=["jobs"])
-def cancel_job(job_id: JobId, engine: EngineDep) -> JobPublic:
+def cancel_job(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
-    return JobPublic.from_job(queue.request_cancel(engine, job_id))
+    return _view(engine, settings, queue.request_cancel(engine, job_id))
 
 
 @router.post(
@@ -135,7 +174,7 @@ def retry_job(job_id: JobId, response: Response, engine: EngineDep, settings: Se
     """A new job with the same parameters as a failed or cancelled one, linked to it."""
     job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return JobPublic.from_job(job)
+    return _view(engine, settings, job)
 
 
 @router.get("/workers", response_model=list[WorkerPublic], tags=["workers"])

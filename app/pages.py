@@ -1,5 +1,5 @@
 """HTML pages: the job list (and the fragment of it that updates live), the new-job form, a job's
-page (and its live fragment), the comparison of jobs, and the workers.
+page (and its live fragment, its buttons and its edit form), the comparison of jobs, and the workers.
 
 Routes only: the reads are app/reads.py's, the form's fields app/forms.py's, the values' wording
 app/formatting.py's and the charts app/charts.py's. Pages at URLs the JSON API shares are
@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from app import charts, forms, queue, reads
 from app.deps import MAX_JOB_ID, EngineDep, JobId, PageRoute, SettingsDep
 from app.formatting import loss, param_value, percent, progress_view
-from app.models import ACTIVE_STATUSES, STATUSES, Job, JobCreate, JobPublic, JobStatus, utcnow
+from app.models import ACTIVE_STATUSES, MAX_NOTES, STATUSES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, utcnow
 from app.settings import Settings
 from app.templating import templates
 
@@ -85,7 +85,7 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
     try:
         params = JobCreate.model_validate(forms.parse_form(form))
     except ValidationError as exc:
-        errors = {str(error["loc"][0]): error["msg"] for error in exc.errors() if error["loc"]}
+        errors = forms.field_errors(exc)
         return _render_form(request, forms.submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
     try:
         job = queue.submit(
@@ -199,8 +199,10 @@ def _render_index(request: Request, engine: Engine, query: ListQuery, *, templat
 # ---------------------------------------------------------------------------------------------
 
 
-def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
-    public = JobPublic.from_job(job)
+def _job_context(
+    engine: Engine, settings: Settings, job: Job, edit: dict[str, str] | None = None, edit_errors: dict[str, str] | None = None
+) -> dict[str, Any]:
+    [public] = reads.job_views(engine, [job], settings.lease_seconds)
     points = reads.metric_points(engine, [job])[job.id]
     log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
@@ -214,6 +216,9 @@ def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]
         "examples": reads.read_examples(settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
+        "edit": edit or forms.edit_values(job),
+        "edit_errors": edit_errors or {},
+        "max_notes": MAX_NOTES,
     }
 
 
@@ -245,6 +250,30 @@ def cancel_button(job_id: JobId, engine: EngineDep) -> RedirectResponse:
 def retry_button(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
     job = queue.retry(engine, job_id, max_attempts=settings.max_attempts, max_queued=settings.max_queued)
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/delete")
+def delete_button(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
+    """The page's Delete (after its confirmation): DELETE /jobs/{id} for a browser's form."""
+    queue.delete_job(engine, job_id, settings.job_files(job_id))
+    return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/edit", response_class=HTMLResponse)
+async def edit_form(job_id: JobId, request: Request, engine: EngineDep, settings: SettingsDep):
+    """The page's edit form (PATCH /jobs/{id} for a browser): a bad value shows the page again,
+    the message beside its field and what was typed kept."""
+    form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    try:
+        changes = JobUpdate.model_validate(forms.parse_edit(form))
+    except ValidationError as exc:
+        context = _job_context(
+            engine, settings, queue.get_job(engine, job_id), edit={name: form.get(name, "") for name in forms.EDIT_FIELDS},
+            edit_errors=forms.field_errors(exc),
+        )
+        return templates.TemplateResponse(request, "job.html", context, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    queue.update_job(engine, job_id, changes)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 # ---------------------------------------------------------------------------------------------
