@@ -123,9 +123,8 @@ class Capacity:
             return WaitingReason(code="no_worker", message="no worker is alive; start one with `trainboard worker`")
         if position <= self.free:
             return None
-        return WaitingReason(
-            code="all_busy", message=f"all {self.slots} worker slots are busy; position {position} in the queue"
-        )
+        slots = "the only worker slot is busy" if self.slots == 1 else f"all {self.slots} worker slots are busy"
+        return WaitingReason(code="all_busy", message=f"{slots}; position {position} in the queue")
 
 
 def capacity(engine: Engine, lease_seconds: float, now: datetime) -> Capacity:
