@@ -72,12 +72,14 @@ def create_job(
 def list_jobs(
     engine: EngineDep,
     settings: SettingsDep,
-    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name, tag or notes contain this")] = None,
-    tag: Annotated[str | None, Query(max_length=64, description="One of the job's tags is exactly this")] = None,
+    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name, tag or notes contain it")] = None,
+    tag: Annotated[str | None, Query(max_length=64, description="One of the job's tags is exactly it")] = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
-    created_after: Annotated[datetime | None, Query(description="Created at or after (ISO 8601; UTC without an offset)")] = None,
-    created_before: Annotated[datetime | None, Query(description="Created before (ISO 8601; UTC without an offset)")] = None,
-    sort: Annotated[reads.JobSort, Query(description="-created: newest first; jobs without the metric come last")] = "-created",
+    created_after: Annotated[datetime | None, Query(description="Created at or after it (ISO 8601; no offset: UTC)")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before it (ISO 8601; no offset: UTC)")] = None,
+    sort: Annotated[
+        reads.JobSort, Query(description="A column or final metric, - first for descending; jobs without it come last")
+    ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:

@@ -79,7 +79,10 @@ def _allowed(field: dict[str, Any]) -> str:
 def _field_help(name: str, default: Any, values: str, help_text: str) -> str:
     shown = "none" if default in (None, []) else json.dumps(default).strip('"')
     head = f"  {name:<18} default {shown}" + (f"; {values}" if values else "")
-    return head + "\n" + textwrap.fill(help_text, width=100, initial_indent=" " * 21, subsequent_indent=" " * 21, break_on_hyphens=False)
+    indent = " " * 21
+    return head + "\n" + textwrap.fill(
+        help_text, width=100, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    )
 
 
 def job_fields_help() -> str:
@@ -87,9 +90,11 @@ def job_fields_help() -> str:
     from app.forms import PRESET_FIELD, form_fields, form_presets, preset_help
     from app.models import JobCreate
 
-    entries = [_field_help(PRESET_FIELD, JobCreate.model_fields[PRESET_FIELD].default, " | ".join(form_presets()), preset_help())]
+    preset = JobCreate.model_fields[PRESET_FIELD].default
+    entries = [_field_help(PRESET_FIELD, preset, " | ".join(form_presets()), preset_help())]
     entries += [_field_help(field["name"], field["default"], _allowed(field), field["help"]) for field in form_fields()]
-    return "job fields (key=value, each optional; a preset sets several, and fields given win over it):\n" + "\n".join(entries)
+    heading = "job fields (key=value, each optional; a preset sets several, and fields given win over it):"
+    return "\n".join([heading, *entries])
 
 
 def main(argv: list[str] | None = None) -> None:
