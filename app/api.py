@@ -1,18 +1,21 @@
-"""The JSON API: submit, list, read, cancel and retry jobs; artifacts, logs, workers, health.
+"""The JSON API: submit, list (search, filter, sort), read, edit, cancel, retry and delete jobs;
+artifacts, logs, workers, health.
 
 Browsers asking for a URL this API shares get app/pages.py's page instead (see deps.PageRoute);
 every route here answers JSON (or a file) only.
 """
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 
 from app import queue, reads, users
-from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToRetry, SettingsDep
-from app.models import JobCreate, JobPage, JobPublic, JobStatus, MetricPoint, UserName, WorkerPublic, utcnow
+from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToRetry, KnownQueryOnly, SettingsDep
+from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, UserName, WorkerPublic, utcnow
+from app.settings import Settings
 
 router = APIRouter()
 
@@ -31,6 +34,11 @@ async def refusal(_request: Request, exc: Exception) -> JSONResponse:
 
 
 REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull, users.NotAllowed)
+
+
+def _view(engine: Engine, settings: Settings, job: Job) -> JobPublic:
+    """A job as the API shows it; a queued one with its place in the queue and why it waits."""
+    return reads.job_views(engine, [job], settings.lease_seconds)[0]
 
 
 @router.get("/healthz", tags=["health"])
@@ -59,29 +67,60 @@ def create_job(
         max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
     )
     response.headers["Location"] = f"/jobs/{job.id}"
-    return JobPublic.from_job(job)
+    return _view(engine, settings, job)
 
 
-@router.get("/jobs", response_model=JobPage, tags=["jobs"])
+@router.get("/jobs", response_model=JobPage, dependencies=[KnownQueryOnly], tags=["jobs"])
 def list_jobs(
     engine: EngineDep,
+    settings: SettingsDep,
+    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name, tag or notes contain it")] = None,
+    tag: Annotated[str | None, Query(max_length=64, description="One of the job's tags is exactly it")] = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     owner: Annotated[UserName | None, Query(description="Only this user's jobs")] = None,
+    created_after: Annotated[datetime | None, Query(description="Created at or after it (ISO 8601; no offset: UTC)")] = None,
+    created_before: Annotated[datetime | None, Query(description="Created before it (ISO 8601; no offset: UTC)")] = None,
+    sort: Annotated[
+        reads.JobSort, Query(description="A column or final metric, - first for descending; jobs without it come last")
+    ] = "-created",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
-    """Jobs, newest first."""
-    listing = reads.list_jobs(engine, status=status_filter, owner=owner, limit=limit, offset=offset)
-    return JobPage(items=[JobPublic.from_job(job) for job in listing.jobs], total=listing.total, limit=limit, offset=offset)
+    """Jobs, newest first unless `sort` says otherwise. Unknown query parameters are refused."""
+    listing = reads.list_jobs(
+        engine, status=status_filter, search=search, tag=tag, owner=owner, created_after=created_after,
+        created_before=created_before, sort=sort, limit=limit, offset=offset,
+    )
+    items = reads.job_views(engine, listing.jobs, settings.lease_seconds)
+    return JobPage(items=items, total=listing.total, limit=limit, offset=offset)
 
 
 @router.get("/jobs/{job_id}", response_model=JobPublic, responses=NOT_FOUND, tags=["jobs"])
-def read_job(job_id: JobId, engine: EngineDep) -> JobPublic:
+def read_job(job_id: JobId, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """One job. A browser gets its page, anything else its JSON."""
-    return JobPublic.from_job(queue.get_job(engine, job_id))
+    return _view(engine, settings, queue.get_job(engine, job_id))
 
 
-@router.get("/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, tags=["jobs"])
+@router.patch("/jobs/{job_id}", response_model=JobPublic, responses={**NOT_FOUND, **FORBIDDEN}, tags=["jobs"])
+def update_job(job: JobToEdit, changes: JobUpdate, engine: EngineDep, settings: SettingsDep) -> JobPublic:
+    """Rename a job, replace its tags, or write its notes; fields left out keep their values."""
+    return _view(engine, settings, queue.update_job(engine, job.id, changes))
+
+
+@router.delete(
+    "/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
+    responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["jobs"],
+)
+def delete_job(job: JobToDelete, engine: EngineDep, settings: SettingsDep) -> None:
+    """A finished job goes with its metric points and files (model, log, W&B run folder). A retry
+    of it stays, unlinked; /metrics keeps counting it."""
+    queue.delete_job(engine, job.id, settings.job_files(job.id))
+
+
+@router.get(
+    "/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, dependencies=[KnownQueryOnly],
+    tags=["jobs"],
+)
 def read_job_metrics(
     job_id: JobId, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
 ) -> list[MetricPoint]:
@@ -93,7 +132,9 @@ def read_job_metrics(
     ]
 
 
-@router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])
+@router.get(
+    "/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, dependencies=[KnownQueryOnly], tags=["jobs"]
+)
 def read_job_log(
     job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
 ) -> PlainTextResponse:
@@ -127,9 +168,9 @@ def download_example(job_id: JobId, name: str, engine: EngineDep, settings: Sett
 @router.post(
     "/jobs/{job_id}/cancel", response_model=JobPublic, responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["jobs"]
 )
-def cancel_job(job: JobToCancel, engine: EngineDep) -> JobPublic:
+def cancel_job(job: JobToCancel, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
-    return JobPublic.from_job(queue.request_cancel(engine, job.id))
+    return _view(engine, settings, queue.request_cancel(engine, job.id))
 
 
 @router.post(
@@ -142,7 +183,7 @@ def retry_job(
     """A new job with the same parameters as a failed or cancelled one, linked to it and owned by whoever asks."""
     job = queue.retry(engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name)
     response.headers["Location"] = f"/jobs/{job.id}"
-    return JobPublic.from_job(job)
+    return _view(engine, settings, job)
 
 
 @router.get("/workers", response_model=list[WorkerPublic], tags=["workers"])

@@ -3,9 +3,12 @@
 import argparse
 import functools
 import ipaddress
+import json
 import signal
 import subprocess
 import sys
+import textwrap
+from typing import Any
 
 from app.logs import configure_logging
 
@@ -85,6 +88,40 @@ def up(host: str, port: int, gpus: str) -> None:
             worker.wait()
 
 
+def _allowed(field: dict[str, Any]) -> str:
+    """A form field's values or bounds, in words."""
+    if field["kind"] == "select":
+        return " | ".join(field["options"])
+    if field["kind"] == "checkbox":
+        return "true | false"
+    if field["kind"] == "tags":
+        return "comma-separated"
+    if field["kind"] == "number":
+        return field["bounds"]
+    return f"up to {field['maxlength']} characters" if field.get("maxlength") else ""
+
+
+def _field_help(name: str, default: Any, values: str, help_text: str) -> str:
+    shown = "none" if default in (None, []) else json.dumps(default).strip('"')
+    head = f"  {name:<18} default {shown}" + (f"; {values}" if values else "")
+    indent = " " * 21
+    return head + "\n" + textwrap.fill(
+        help_text, width=100, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False
+    )
+
+
+def job_fields_help() -> str:
+    """Every job field with its default and bounds: the schema the new-job form is made from."""
+    from app.forms import PRESET_FIELD, form_fields, form_presets, preset_help
+    from app.models import JobCreate
+
+    preset = JobCreate.model_fields[PRESET_FIELD].default
+    entries = [_field_help(PRESET_FIELD, preset, " | ".join(form_presets()), preset_help())]
+    entries += [_field_help(field["name"], field["default"], _allowed(field), field["help"]) for field in form_fields()]
+    heading = "job fields (key=value, each optional; a preset sets several, and fields given win over it):"
+    return "\n".join([heading, *entries])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="trainboard", description="Training job queue and dashboard")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -101,15 +138,18 @@ def main(argv: list[str] | None = None) -> None:
         ("status", "show a job's status and metrics"),
         ("cancel", "cancel a queued or running job"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = commands.add_parser(
+            name, help=help_text, epilog=job_fields_help() if name == "submit" else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
         command.add_argument("--token", help="your access token, or the admin's (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
             command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
             command.add_argument(
                 "params", nargs="*", metavar="key=value",
-                help='job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=\'["sweep"]\' '
-                "(every field and its bounds: the form at /jobs/new, or /docs)",
+                help="job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=sweep,baseline "
+                "(every field, its default and bounds: below)",
             )
         else:
             command.add_argument("job_id", type=int)

@@ -9,6 +9,7 @@ from typing import Any, TextIO
 import httpx
 
 from app.models import FINISHED_STATUSES, JobStatus
+from app.forms import form_fields, split_tags
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL_SECONDS = 1.0
@@ -19,7 +20,9 @@ class ClientError(RuntimeError):
 
 
 def parse_assignments(assignments: list[str]) -> dict[str, Any]:
-    """key=value pairs; values parse as JSON where they can (2, 0.05, true, ["a"]), else strings."""
+    """key=value pairs; values parse as JSON where they can (2, 0.05, true, ["a"]), else strings.
+    A string for a list field is comma-separated, as the form takes it (tags=sweep, tags=a,b)."""
+    list_fields = {field["name"] for field in form_fields() if field["kind"] == "tags"}
     params: dict[str, Any] = {}
     for assignment in assignments:
         key, separator, raw = assignment.partition("=")
@@ -29,6 +32,8 @@ def parse_assignments(assignments: list[str]) -> dict[str, Any]:
             params[key] = json.loads(raw)
         except json.JSONDecodeError:
             params[key] = raw
+        if key in list_fields and isinstance(params[key], str):
+            params[key] = split_tags(params[key])
     return params
 
 
@@ -69,8 +74,12 @@ class Client:
 
 
 def describe(job: dict[str, Any]) -> str:
-    """One line: status, progress, the latest metrics."""
+    """One line: status, why a queued job waits (or its place in the queue), progress, the latest metrics."""
     parts = [f"job {job['id']} {job['status']}"]
+    if job.get("waiting_reason"):
+        parts.append(f"waiting: {job['waiting_reason']['message']}")
+    elif job.get("queue_position"):
+        parts.append(f"position {job['queue_position']} in the queue")
     progress = job.get("progress") or {}
     if progress.get("epochs"):
         parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
@@ -121,6 +130,8 @@ def run(command: str, args, out: TextIO = sys.stdout) -> int:
         if command == "submit":
             job = client.submit(parse_assignments(args.params))
             print(f"job {job['id']} {job['status']}: {client.url}/jobs/{job['id']}", file=out, flush=True)
+            if (job.get("waiting_reason") or {}).get("code") == "no_worker":
+                print(f"trainboard: warning: {job['waiting_reason']['message']}; the job waits until one does", file=sys.stderr)
             if not args.wait:
                 return 0
             job = follow(client, job["id"], out)

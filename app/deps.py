@@ -4,6 +4,7 @@ the two answers a request for a URL they share."""
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
 from starlette.datastructures import Headers
@@ -80,3 +81,35 @@ class JobWrite:
 
 JobToCancel = Annotated[Job, Depends(JobWrite("cancel"))]
 JobToRetry = Annotated[Job, Depends(JobWrite("retry"))]
+JobToEdit = Annotated[Job, Depends(JobWrite("edit"))]
+JobToDelete = Annotated[Job, Depends(JobWrite("delete"))]
+
+
+def query_names(route: APIRoute) -> list[str]:
+    """The query parameters a route takes, those of its dependencies included."""
+    names: list[str] = []
+    dependants = [route.dependant]
+    while dependants:
+        dependant = dependants.pop()
+        names += [field.alias for field in dependant.query_params]
+        dependants += dependant.dependencies
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """422 naming each query parameter the route does not take: a misspelt filter (`?stauts=`)
+    must not quietly answer with everything."""
+    known = query_names(request.scope["route"])
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise RequestValidationError([
+            {
+                "type": "extra_forbidden", "loc": ("query", name), "input": request.query_params[name],
+                "msg": f"Unknown query parameter (this takes {', '.join(known)})",
+            }
+            for name in unknown
+        ])
+
+
+# A route's `dependencies=[KnownQueryOnly]`: its query parameters, and no others.
+KnownQueryOnly = Depends(refuse_unknown_query)

@@ -1,10 +1,15 @@
 """The new-job form, generated from JobCreate's schema so the bounds and help texts have one
-source: its fields, the presets it offers, and the conversion between form strings and job input."""
+source: its fields, the presets it offers, and the conversion between form strings and job input;
+and the job page's form that edits a job's name, tags and notes.
+
+`trainboard submit` reads the same fields for its --help and splits tags as the forms do."""
 
 from functools import lru_cache
 from typing import Any
 
-from app.models import JobCreate
+from pydantic import ValidationError
+
+from app.models import Job, JobCreate
 
 # A preset sets many fields at once, and fields given explicitly win over it; the form sends every
 # field, so it offers presets as starting points (the form refilled with a preset's values) rather
@@ -116,7 +121,34 @@ def parse_form(form: dict[str, str]) -> dict[str, Any]:
         if field["kind"] == "checkbox":
             params[field["name"]] = bool(raw)
         elif field["kind"] == "tags":
-            params[field["name"]] = [tag.strip() for tag in raw.split(",") if tag.strip()]
+            params[field["name"]] = split_tags(raw)
         elif raw:
             params[field["name"]] = raw
     return params
+
+
+def split_tags(raw: str) -> list[str]:
+    """"a, b" as ["a", "b"]: how forms and `trainboard submit` take a list of tags."""
+    return [tag.strip() for tag in raw.split(",") if tag.strip()]
+
+
+def field_errors(exc: ValidationError) -> dict[str, str]:
+    """{field: its error's message}, to show beside each field."""
+    return {str(error["loc"][0]): error["msg"] for error in exc.errors() if error["loc"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# A job's name, tags and notes, edited on its page (JobUpdate)
+# ---------------------------------------------------------------------------------------------
+
+
+EDIT_FIELDS = ("name", "tags", "notes")
+
+
+def edit_values(job: Job) -> dict[str, str]:
+    return {"name": job.name, "tags": ", ".join(job.params.get("tags") or []), "notes": job.notes or ""}
+
+
+def parse_edit(form: dict[str, str]) -> dict[str, Any]:
+    """The edit form's strings as JobUpdate input; the form always sends all three fields."""
+    return {"name": form.get("name", "").strip(), "tags": split_tags(form.get("tags", "")), "notes": form.get("notes", "")}

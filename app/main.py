@@ -1,14 +1,19 @@
 """The FastAPI application: routes, static files, migrations at start-up."""
 
+import difflib
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from app import api, metrics, pages, security
+from app.deps import query_names
 from app.templating import STATIC_DIR, SWAGGER_UI_ASSETS, templates
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
@@ -47,11 +52,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 body, plus each error's field name and a one-line message naming it."""
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 body, plus each error's field name and a one-line message naming it, with a
+    hint where one helps: the field an unknown one most likely meant, where a body stops being JSON."""
     errors = jsonable_encoder(exc.errors())
     for error in errors:
         location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
         error["field"] = ".".join(location) or None
+        if error["type"] == "json_invalid":
+            error["field"] = None  # its location is a character offset, not a field
+            error["msg"] = _not_json(exc.body, error)
+        elif error["type"] == "extra_forbidden" and (meant := _meant(request, error["loc"])):
+            error["msg"] += f"; did you mean `{meant}`?"
     message = "; ".join(f"{e['field']}: {e['msg']}" if e["field"] else e["msg"] for e in errors)
     return JSONResponse({"detail": errors, "message": message}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _not_json(document: Any, error: dict[str, Any]) -> str:
+    """The JSON parser's reason, at a line and column of the body rather than a character offset."""
+    reason = f"the body is not valid JSON: {error.get('ctx', {}).get('error', 'it does not parse')}"
+    offset = error["loc"][-1]
+    if not isinstance(document, str) or not isinstance(offset, int):
+        return reason
+    line = document.count("\n", 0, offset) + 1
+    column = offset - document.rfind("\n", 0, offset)
+    return f"{reason} at line {line} column {column}"
+
+
+def _meant(request: Request, location: list[Any]) -> str | None:
+    """The field or query parameter of this route that an unknown one most likely meant."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or len(location) != 2:
+        return None
+    where, given = location
+    if where == "query":
+        return _closest_name(str(given), query_names(route))
+    model = route.body_field.field_info.annotation if route.body_field else None
+    if where == "body" and isinstance(model, type) and issubclass(model, BaseModel):
+        return _closest_name(str(given), list(model.model_fields))
+    return None
+
+
+def _closest_name(given: str, names: list[str]) -> str | None:
+    """A near spelling (batchsize: batch_size, stauts: status), or the name a spelt-out one's
+    initials make (learning_rate: lr)."""
+    spelt = given.lower().replace("-", "_")
+    initials = "".join(word[0] for word in spelt.split("_") if word)
+    if "_" in spelt and initials in names:
+        return initials
+    close = difflib.get_close_matches(spelt, names, n=1, cutoff=0.6)
+    return close[0] if close else None

@@ -1,7 +1,8 @@
 """GET /metrics in the Prometheus text format, computed from the database at each scrape.
 
 The database is the only state shared by the app and the workers, so every app replica reports
-the same numbers and nothing is lost when the app restarts.
+the same numbers and nothing is lost when the app restarts. Deleted jobs still count: their
+outcomes and times stay in deleted_jobs, so the counters and histograms never go down.
 """
 
 from bisect import bisect_left
@@ -10,11 +11,11 @@ from collections.abc import Iterable, Iterator
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, union_all
 
 from app import queue, reads
 from app.db import get_engine, session_scope
-from app.models import FINISHED_STATUSES, STATUSES, Job, as_utc, utcnow
+from app.models import FINISHED_STATUSES, STATUSES, DeletedJob, Job, as_utc, utcnow
 
 router = APIRouter()
 
@@ -45,9 +46,11 @@ class DatabaseCollector:
     def collect(self) -> Iterator[Metric]:
         with session_scope(self.engine) as session:
             by_status = dict(session.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-            times = session.execute(
-                select(Job.status, Job.created_at, Job.started_at, Job.finished_at).where(Job.started_at.is_not(None))
-            ).all()
+            deleted = dict(session.execute(select(DeletedJob.status, func.count()).group_by(DeletedJob.status)).all())
+            times = session.execute(union_all(*(
+                select(table.created_at, table.started_at, table.finished_at).where(table.started_at.is_not(None))
+                for table in (Job, DeletedJob)
+            ))).all()
 
         jobs = GaugeMetricFamily("trainboard_jobs", "Jobs by status", labels=["status"])
         for status in STATUSES:
@@ -56,7 +59,7 @@ class DatabaseCollector:
 
         outcomes = CounterMetricFamily("trainboard_job_outcomes", "Jobs that ended, by how", labels=["status"])
         for status in FINISHED_STATUSES:
-            outcomes.add_metric([status], by_status.get(status, 0))
+            outcomes.add_metric([status], by_status.get(status, 0) + deleted.get(status, 0))
         yield outcomes
 
         yield _histogram(

@@ -1,11 +1,18 @@
 """The data model: job parameters as the API takes them, the tables, and what the API shows."""
 
+import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer
+from pydantic import (
+    BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints,
+    ValidationInfo, field_validator, model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text
 from sqlmodel import SQLModel
 from sqlmodel import Field as ColumnField
 
@@ -26,11 +33,61 @@ FINISHED_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILE
 ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
 STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, *FINISHED_STATUSES)
 
+
+def _shown(character: str) -> str:
+    if character == " ":
+        return "a space"
+    return f"`{character if character.isprintable() else character.encode('unicode_escape').decode()}`"
+
+
+@dataclass(frozen=True)
+class Characters:
+    """The characters a string may hold, as the body of a regex character class. The JSON schema
+    states them as a pattern; a string with others is refused naming them and the rule in words
+    ("may not contain `/` (...)"), where a pattern alone would only show its regex."""
+
+    allowed: str
+    rule: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(self._check, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "pattern": f"^[{self.allowed}]*$"}
+
+    def _check(self, value: str) -> str:
+        allowed = re.compile(f"[{self.allowed}]")
+        found = list(dict.fromkeys(character for character in value if not allowed.fullmatch(character)))
+        if found:
+            raise PydanticCustomError(
+                "string_characters", "may not contain {characters} ({rule})",
+                {"characters": ", ".join(map(_shown, found)), "rule": self.rule},
+            )
+        return value
+
+
+NO_CONTROL = Characters(r"^\x00-\x1f", "control characters such as newlines and tabs are not allowed")
+
 # W&B's rules: project names may not contain / \ # ? % :, entities are user or team slugs.
-WandbProject = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\\#?%:\s]+$")]
-WandbEntity = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
-JobName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+WandbProject = Annotated[
+    str, StringConstraints(min_length=1, max_length=128),
+    Characters(r"^/\\#?%:\s", "W&B project names cannot hold / \\ # ? % : or whitespace"),
+]
+WandbEntity = Annotated[
+    str, StringConstraints(min_length=1, max_length=64),
+    Characters(r"A-Za-z0-9_.-", "a W&B user or team is letters, digits, _ . and -"),
+]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NO_CONTROL]
+Tags = Annotated[list[Tag], Field(max_length=16)]
+JobName = Annotated[str, StringConstraints(min_length=1, max_length=128), NO_CONTROL]
+MAX_NOTES = 10_000
+# Free text: lines and tabs are kept (a browser's CRLF becomes LF), other control characters refused.
+Notes = Annotated[
+    str,
+    StringConstraints(max_length=MAX_NOTES),
+    BeforeValidator(lambda value: value.replace("\r\n", "\n") if isinstance(value, str) else value),
+    Characters(r"^\x00-\x08\x0b-\x1f", "control characters other than newlines and tabs are not allowed"),
+]
 # A user's name: what jobs record as their owner, and what `trainboard user add` takes.
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 # TRAINBOARD_TOKEN acts as this user, an admin; jobs from before users existed are theirs too.
@@ -157,7 +214,7 @@ class JobCreate(BaseModel):
         le=1_000_000,
         description="Batches between wandb.watch histograms (each costs about a few training steps)",
     )
-    tags: list[Tag] = Field(default_factory=list, max_length=16, description="W&B tags, up to 16")
+    tags: Tags = Field(default_factory=list, description="W&B tags, up to 16")
 
     @model_validator(mode="before")
     @classmethod
@@ -172,6 +229,26 @@ class JobCreate(BaseModel):
         if nesterov and info.data.get("optimizer") == "sgd" and info.data.get("momentum") == 0:
             raise ValueError("Nesterov momentum needs a momentum above 0")
         return nesterov
+
+
+# What PATCH /jobs/{id} changes: fields left out keep their values. A new name or tags change
+# trainboard's record (and the W&B run of a job that has not started yet), not a W&B run that exists.
+class JobUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Absent means unchanged, so None is only their default: a null is refused.
+    name: JobName = Field(default=None, description="Job and W&B run name")
+    tags: Tags = Field(default=None, description="W&B tags, up to 16; [] removes them all")
+    notes: Notes | None = Field(
+        default=None, description=f"Free text, up to {MAX_NOTES:,} characters, lines and tabs kept; null or \"\" clears it"
+    )
+
+    @field_validator("name", "tags", mode="before")
+    @classmethod
+    def not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError("not_null", "may not be null; leave the field out to keep its value")
+        return value
 
 
 # A job as stored: parameters as JSON, queue state in columns the claim and the reaper use.
@@ -196,6 +273,7 @@ class Job(SQLModel, table=True):
     wandb_run_id: str | None = ColumnField(default=None, max_length=128)
     wandb_dir: str | None = ColumnField(default=None, max_length=1024)
     note: str | None = ColumnField(default=None, max_length=1024)
+    notes: str | None = ColumnField(default=None, sa_column=Column(Text))
     error: str | None = ColumnField(default=None, max_length=2048)
     attempts: int = ColumnField(default=0)
     max_attempts: int = ColumnField(default=3)
@@ -204,6 +282,18 @@ class Job(SQLModel, table=True):
     retry_of: int | None = ColumnField(default=None, sa_column=Column(Integer, ForeignKey("jobs.id"), nullable=True))
     lease_expires_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
+    finished_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+# What /metrics still counts of a deleted job: how it ended and when (its row, metric points and
+# files are gone). Its id also keeps SQLite, which numbers a new row max(id) + 1, from giving it out again.
+class DeletedJob(SQLModel, table=True):
+    __tablename__ = "deleted_jobs"
+
+    id: int = ColumnField(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    status: str = ColumnField(max_length=16)
+    created_at: datetime = ColumnField(sa_column=Column(DateTime(timezone=True), nullable=False))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     finished_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
 
@@ -243,6 +333,12 @@ class WandbPublic(BaseModel):
     sync_command: str | None
 
 
+# Why a queued job is not about to start.
+class WaitingReason(BaseModel):
+    code: Literal["no_worker", "all_busy"]
+    message: str
+
+
 class ArtifactPublic(BaseModel):
     name: str
     url: str
@@ -261,6 +357,7 @@ class JobPublic(BaseModel):
     wandb: WandbPublic
     artifacts: list[ArtifactPublic]
     note: str | None
+    notes: str | None
     error: str | None
     attempts: int
     max_attempts: int
@@ -269,9 +366,13 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    queue_position: int | None = Field(description="1-based among queued jobs, in the order workers take them; null unless queued")
+    waiting_reason: WaitingReason | None = Field(description="Why a queued job waits; null when a worker takes it next")
 
     @classmethod
-    def from_job(cls, job: Job) -> "JobPublic":
+    def from_job(
+        cls, job: Job, queue_position: int | None = None, waiting_reason: WaitingReason | None = None
+    ) -> "JobPublic":
         sync_command = f"wandb sync {job.wandb_dir}" if job.wandb_mode == "offline" and job.wandb_dir else None
         return cls(
             id=job.id,
@@ -289,6 +390,7 @@ class JobPublic(BaseModel):
                 for a in job.artifacts
             ],
             note=job.note,
+            notes=job.notes,
             error=job.error,
             attempts=job.attempts,
             max_attempts=job.max_attempts,
@@ -297,6 +399,8 @@ class JobPublic(BaseModel):
             created_at=as_utc(job.created_at),
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),
+            queue_position=queue_position,
+            waiting_reason=waiting_reason,
         )
 
 

@@ -1,5 +1,6 @@
 """HTML pages: the job list (and the fragment of it that updates live), the new-job form, a job's
-page (and its live fragment), the comparison of jobs, the workers, and the API's documentation.
+page (and its live fragment, its buttons and its edit form), the comparison of jobs, the workers,
+and the API's documentation.
 
 Routes only: the reads are app/reads.py's, the form's fields app/forms.py's, the values' wording
 app/formatting.py's and the charts app/charts.py's. Pages at URLs the JSON API shares are
@@ -16,9 +17,11 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from app import charts, forms, queue, reads, users
-from app.deps import MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToRetry, PageRoute, SettingsDep
+from app.deps import (
+    MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToRetry, PageRoute, SettingsDep,
+)
 from app.formatting import loss, param_value, percent, progress_view
-from app.models import ACTIVE_STATUSES, STATUSES, Job, JobCreate, JobPublic, JobStatus, UserName, utcnow
+from app.models import ACTIVE_STATUSES, MAX_NOTES, STATUSES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, UserName, utcnow
 from app.settings import Settings
 from app.templating import templates
 
@@ -85,7 +88,7 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
     try:
         params = JobCreate.model_validate(forms.parse_form(form))
     except ValidationError as exc:
-        errors = {str(error["loc"][0]): error["msg"] for error in exc.errors() if error["loc"]}
+        errors = forms.field_errors(exc)
         return _render_form(request, forms.submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
     try:
         job = queue.submit(
@@ -209,8 +212,11 @@ def _render_index(request: Request, engine: Engine, query: ListQuery, *, templat
 # ---------------------------------------------------------------------------------------------
 
 
-def _job_context(engine: Engine, settings: Settings, job: Job, user: users.Caller) -> dict[str, Any]:
-    public = JobPublic.from_job(job)
+def _job_context(
+    engine: Engine, settings: Settings, job: Job, user: users.Caller, edit: dict[str, str] | None = None,
+    edit_errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    [public] = reads.job_views(engine, [job], settings.lease_seconds)
     points = reads.metric_points(engine, [job])[job.id]
     log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
@@ -225,6 +231,9 @@ def _job_context(engine: Engine, settings: Settings, job: Job, user: users.Calle
         "examples": reads.read_examples(settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
+        "edit": edit or forms.edit_values(job),
+        "edit_errors": edit_errors or {},
+        "max_notes": MAX_NOTES,
     }
 
 
@@ -259,6 +268,30 @@ def retry_button(original: JobToRetry, user: CurrentUser, engine: EngineDep, set
     job = queue.retry(
         engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name
     )
+    return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/delete")
+def delete_button(job: JobToDelete, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
+    """The page's Delete (after its confirmation): DELETE /jobs/{id} for a browser's form."""
+    queue.delete_job(engine, job.id, settings.job_files(job.id))
+    return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@router.post("/jobs/{job_id}/edit", response_class=HTMLResponse)
+async def edit_form(job: JobToEdit, request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser):
+    """The page's edit form (PATCH /jobs/{id} for a browser): a bad value shows the page again,
+    the message beside its field and what was typed kept."""
+    form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    try:
+        changes = JobUpdate.model_validate(forms.parse_edit(form))
+    except ValidationError as exc:
+        context = _job_context(
+            engine, settings, job, user, edit={name: form.get(name, "") for name in forms.EDIT_FIELDS},
+            edit_errors=forms.field_errors(exc),
+        )
+        return templates.TemplateResponse(request, "job.html", context, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    queue.update_job(engine, job.id, changes)
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

@@ -7,6 +7,7 @@ means the job is no longer that worker's, and the caller must stop and write not
 """
 
 import logging
+import shutil
 import sqlite3
 import threading
 import time
@@ -20,7 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import ADMIN_NAME, Job, JobCreate, JobMetric, JobStatus, Worker, as_utc, utcnow
+from app.models import ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobMetric, JobStatus, JobUpdate, Worker, as_utc, utcnow
+from app.settings import JobFiles
 
 log = logging.getLogger("trainboard.queue")
 
@@ -76,7 +78,10 @@ def submit(
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
-        job = Job(name=values["name"] or "", owner=owner, params=values, max_attempts=max_attempts, retry_of=retry_of)
+        job = Job(
+            id=_next_sqlite_id(session), name=values["name"] or "", owner=owner, params=values,
+            max_attempts=max_attempts, retry_of=retry_of,
+        )
         session.add(job)
         session.flush()
         if not job.name:
@@ -87,6 +92,16 @@ def submit(
         session.refresh(job)
     log.info("job %d queued", job.id, extra={"job_id": job.id})
     return job
+
+
+def _next_sqlite_id(session: Session) -> int | None:
+    """SQLite numbers a new row max(id) + 1, which would hand a deleted newest job's id (its links,
+    its W&B run name) to the next job: ids count on past the deleted ones. PostgreSQL's sequence
+    never gives an id out twice (None: the database numbers the row)."""
+    if not is_sqlite(session.get_bind()):
+        return None
+    highest = [session.scalar(select(func.max(table.id))) or 0 for table in (Job, DeletedJob)]
+    return max(highest) + 1
 
 
 def get_job(engine: Engine, job_id: int) -> Job:
@@ -308,6 +323,51 @@ def retry(
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
         max_queued=max_queued, retry_of=job_id, owner=owner,
     )
+
+
+def update_job(engine: Engine, job_id: int, changes: JobUpdate) -> Job:
+    """Rename a job, replace its tags or its notes, in any state; fields not given keep their values."""
+    given = changes.model_dump(include=changes.model_fields_set)
+    with _write_session(engine) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise JobNotFound(job_id)
+        if "name" in given:
+            job.name = given["name"]
+        # The job's name and tags are also its W&B run's: a job that has not started yet gets the new ones.
+        job.params = {**job.params, **{key: given[key] for key in ("name", "tags") if key in given}}
+        if "notes" in given:
+            job.notes = given["notes"] or None
+        session.commit()
+    return job
+
+
+def delete_job(engine: Engine, job_id: int, files: JobFiles) -> None:
+    """Remove a finished job: its row, its metric points and its folder (model, log, W&B run).
+
+    A retry that points at it keeps working, unlinked. Its outcome and times stay in deleted_jobs,
+    so the counters and histograms of /metrics never go down.
+    """
+    with _write_session(engine) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            raise JobNotFound(job_id)
+        if job.status not in FINISHED_STATUSES:
+            raise JobStateConflict(job_id, job.status, "delete")
+        session.add(DeletedJob(
+            id=job.id, status=job.status, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
+        ))
+        session.execute(update(Job).where(Job.retry_of == job_id).values(retry_of=None))
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
+        session.execute(delete(Job).where(Job.id == job_id))
+        session.commit()
+    log.info("job %d deleted", job_id, extra={"job_id": job_id})
+    try:
+        shutil.rmtree(files.root)
+    except FileNotFoundError:
+        pass  # a job cancelled before it started has no folder
+    except OSError as exc:
+        log.warning("job %d deleted, but its folder %s could not be removed: %s", job_id, files.root, exc)
 
 
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:

@@ -1,5 +1,6 @@
-"""Every read the JSON API and the pages share: the job list with its status counts and search,
-a job's metric history and its chart points, its example predictions, and the workers.
+"""Every read the JSON API and the pages share: the job list with its status counts, search,
+filters and sort orders, where queued jobs stand in the queue and why they wait, a job's metric
+history and its chart points, its example predictions, and the workers.
 
 Writes and the queue protocol (claim, lease, fencing) live in app/queue.py; the SQL that differs
 between SQLite and PostgreSQL lives in these two modules only.
@@ -11,16 +12,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 from sqlalchemy import Engine, func, or_, select, tuple_
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app import charts, queue
-from app.db import session_scope
-from app.models import Job, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
+from app.db import is_sqlite, session_scope
+from app.models import Job, JobMetric, JobPublic, JobStatus, WaitingReason, Worker, WorkerPublic, as_utc, utcnow
 from app.settings import Settings
 
 # ---------------------------------------------------------------------------------------------
@@ -42,32 +43,132 @@ class JobListing:
         return self.counts.get(self.status, 0) if self.status else sum(self.counts.values())
 
 
+# How a list can be ordered: by a column or a final metric, "-" first for descending.
+JobSort = Literal["created", "-created", "finished", "-finished", "test_accuracy", "-test_accuracy", "test_loss", "-test_loss"]
+_SORT_KEYS = {
+    "created": col(Job.id),  # ids grow with creation, and are unique
+    "finished": col(Job.finished_at),
+    "test_accuracy": Job.metrics["test_accuracy"].as_float(),
+    "test_loss": Job.metrics["test_loss"].as_float(),
+}
+
+
 def _search_condition(search: str):
-    """Name or tag contains the text, case-insensitively. Tags are matched in the JSON text of
-    params.tags, which both SQLite and PostgreSQL can extract without a table of their own."""
+    """Name, tag or notes contain the text, case-insensitively. Tags are matched in the JSON text
+    of params.tags, which both SQLite and PostgreSQL can extract without a table of their own."""
     escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = f"%{escaped}%"
     return or_(
         col(Job.name).ilike(pattern, escape="\\"),
         Job.params["tags"].as_string().ilike(pattern, escape="\\"),
+        col(Job.notes).ilike(pattern, escape="\\"),
     )
+
+
+def _tag_condition(engine: Engine, tag: str):
+    """One of params.tags is exactly `tag`."""
+    if is_sqlite(engine):
+        tags = func.json_each(Job.params, "$.tags").table_valued("value")
+    else:
+        tags = func.json_array_elements_text(Job.params["tags"]).table_valued("value")
+    return select(tags.c.value).where(tags.c.value == tag).exists()
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """Times are stored in UTC (SQLite keeps no offset): a naive bound is taken as UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def list_jobs(
     engine: Engine, *, status: JobStatus | None, limit: int, offset: int, search: str | None = None,
     owner: str | None = None,
+    tag: str | None = None, created_after: datetime | None = None, created_before: datetime | None = None,
+    sort: JobSort = "-created",
 ) -> JobListing:
+    """A page of jobs in `sort` order (jobs without the metric or time sorted on come last, either
+    way), created in [created_after, created_before)."""
     conditions = [_search_condition(search)] if search else []
     if owner:
         conditions.append(Job.owner == owner)
+    if tag:
+        conditions.append(_tag_condition(engine, tag))
+    if created_after:
+        conditions.append(col(Job.created_at) >= _as_utc(created_after))
+    if created_before:
+        conditions.append(col(Job.created_at) < _as_utc(created_before))
     query = select(Job).where(*conditions)
     if status:
         query = query.where(Job.status == status)
+    key = _SORT_KEYS[sort.removeprefix("-")]
+    order = (key.desc() if sort.startswith("-") else key.asc()).nulls_last()
     counts_query = select(Job.status, func.count()).where(*conditions).group_by(Job.status)
     with session_scope(engine) as session:
-        jobs = list(session.scalars(query.order_by(col(Job.id).desc()).limit(limit).offset(offset)))
+        jobs = list(session.scalars(query.order_by(order, col(Job.id).desc()).limit(limit).offset(offset)))
         counts = {row[0]: row[1] for row in session.execute(counts_query)}
     return JobListing(jobs, counts, status)
+
+
+# ---------------------------------------------------------------------------------------------
+# The queue: where queued jobs stand, and why they wait
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The live workers' slots, and how many of them no running job holds."""
+
+    slots: int
+    free: int
+
+    def waiting_reason(self, position: int) -> WaitingReason | None:
+        """Why the job at this queue position waits, or None when a free slot will take it next."""
+        if self.slots == 0:
+            return WaitingReason(code="no_worker", message="no worker is alive; start one with `trainboard worker`")
+        if position <= self.free:
+            return None
+        slots = "the only worker slot is busy" if self.slots == 1 else f"all {self.slots} worker slots are busy"
+        return WaitingReason(code="all_busy", message=f"{slots}; position {position} in the queue")
+
+
+def capacity(engine: Engine, lease_seconds: float, now: datetime) -> Capacity:
+    """Slots of workers alive now; a slot is busy while a running job claimed by its worker holds it."""
+    live = [worker for worker in list_workers(engine) if queue.worker_alive(worker, lease_seconds, now)]
+    if not live:
+        return Capacity(0, 0)
+    running = (
+        select(Job.worker_id, func.count())
+        .where(Job.status == JobStatus.RUNNING, col(Job.worker_id).in_([worker.id for worker in live]))
+        .group_by(Job.worker_id)
+    )
+    with session_scope(engine) as session:
+        busy = dict(session.execute(running).all())
+    slots = sum(len(worker.slots) for worker in live)
+    return Capacity(slots, sum(max(0, len(worker.slots) - busy.get(worker.id, 0)) for worker in live))
+
+
+def queue_positions(engine: Engine, job_ids: Iterable[int]) -> dict[int, int]:
+    """{job id: its 1-based place among queued jobs, in the order workers claim them} for those queued."""
+    job_ids = list(job_ids)
+    if not job_ids:
+        return {}
+    ranked = select(
+        Job.id, func.row_number().over(order_by=col(Job.id)).label("position")
+    ).where(Job.status == JobStatus.QUEUED).subquery()
+    with session_scope(engine) as session:
+        rows = session.execute(select(ranked.c.id, ranked.c.position).where(ranked.c.id.in_(job_ids)))
+        return dict(rows.all())
+
+
+def job_views(engine: Engine, jobs: Iterable[Job], lease_seconds: float) -> list[JobPublic]:
+    """Jobs as the API shows them: queued ones with their queue position and why they wait."""
+    jobs = list(jobs)
+    positions = queue_positions(engine, [job.id for job in jobs if job.status == JobStatus.QUEUED])
+    room = capacity(engine, lease_seconds, utcnow()) if positions else None
+    return [
+        JobPublic.from_job(job, positions[job.id], room.waiting_reason(positions[job.id]))
+        if job.id in positions else JobPublic.from_job(job)
+        for job in jobs
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

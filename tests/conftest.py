@@ -105,6 +105,19 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture
+def db_settings(settings: Settings, database_url: str) -> Settings:
+    """The app's settings on each database in turn: a SQLite file, then a PostgreSQL database."""
+    return settings.model_copy(update={"database_url": database_url})
+
+
+@pytest.fixture
+def db_client(db_settings: Settings) -> Iterator[TestClient]:
+    """The app in-process on each database in turn, for what its SQL does."""
+    with TestClient(create_app(db_settings), base_url=LOCAL) as client:
+        yield client
+
+
 # ---------------------------------------------------------------------------------------------
 # A small data set in the CIFAR-10 python format (pickled batches as torchvision reads them)
 # ---------------------------------------------------------------------------------------------

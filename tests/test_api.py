@@ -1,12 +1,18 @@
-"""The JSON API against a real SQLite file: submit, validation, listing, reading, 404s, pages."""
+"""The JSON API against a real SQLite file (and PostgreSQL where its SQL matters: db_client):
+submit, validation and its hints, listing (search, filters, sort), reading, editing, deleting,
+queue positions and waiting reasons, 404s, pages."""
 
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
+from app import queue
+from app.db import get_engine, session_scope
 from app.main import create_app
-from app.models import JobCreate
+from app.models import JobCreate, JobMetric, Worker
 from app.settings import Settings
 from tests.conftest import LOCAL
 
@@ -192,3 +198,248 @@ def test_a_full_queue_refuses_new_jobs_with_429(tmp_path: Path):
         assert client.get("/jobs").json()["total"] == 2
         client.post(f"/jobs/{first['id']}/cancel")
         assert client.post("/jobs", json={"name": "third"}).status_code == 201
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing: search, filters, sort orders, and unknown query parameters (on both databases)
+# ---------------------------------------------------------------------------------------------
+
+
+def ids(response) -> list[int]:
+    assert response.status_code == 200, response.text
+    return [job["id"] for job in response.json()["items"]]
+
+
+def test_list_searches_names_tags_and_notes_and_filters_by_tag_status_and_creation_time(db_client):
+    first = db_client.post("/jobs", json={"name": "baseline", "tags": ["sweep", "lr"]}).json()
+    second = db_client.post("/jobs", json={"name": "other", "tags": ["sweeper"]}).json()
+    third = db_client.post("/jobs", json={"name": "third"}).json()
+    db_client.patch(f"/jobs/{third['id']}", json={"notes": "tried the SWEEP idea"})
+    fourth = db_client.post("/jobs", json={"name": "fourth"}).json()
+    db_client.post(f"/jobs/{second['id']}/cancel")
+
+    assert ids(db_client.get("/jobs", params={"q": "sweep"})) == [third["id"], second["id"], first["id"]]
+    assert ids(db_client.get("/jobs", params={"tag": "sweep"})) == [first["id"]]
+    assert ids(db_client.get("/jobs", params={"tag": "lr"})) == [first["id"]]
+    assert ids(db_client.get("/jobs", params={"tag": "swe"})) == []
+    assert ids(db_client.get("/jobs", params={"tag": "sweeper", "status": "cancelled"})) == [second["id"]]
+    assert ids(db_client.get("/jobs", params={"tag": "sweeper", "status": "queued"})) == []
+
+    boundary = third["created_at"]
+    assert ids(db_client.get("/jobs", params={"created_after": boundary})) == [fourth["id"], third["id"]]
+    assert ids(db_client.get("/jobs", params={"created_before": boundary})) == [second["id"], first["id"]]
+    # The same moment with an offset, and without one (UTC).
+    moment = datetime.fromisoformat(boundary)
+    shifted = moment.astimezone(timezone(timedelta(hours=2))).isoformat()
+    assert ids(db_client.get("/jobs", params={"created_after": shifted})) == [fourth["id"], third["id"]]
+    naive = moment.replace(tzinfo=None).isoformat()
+    assert ids(db_client.get("/jobs", params={"created_before": naive})) == [second["id"], first["id"]]
+    page = db_client.get("/jobs", params={"q": "sweep", "created_after": boundary}).json()
+    assert [job["id"] for job in page["items"]] == [third["id"]] and page["total"] == 1
+
+
+def test_list_sorts_by_creation_end_and_final_metrics_with_missing_ones_last(db_client, db_settings):
+    engine = get_engine(db_settings.database_url)
+    job_ids = [db_client.post("/jobs", json={"name": f"j{n}"}).json()["id"] for n in range(4)]
+    low, high, failed, queued = job_ids
+    for metrics, status in (({"test_accuracy": 50.0, "test_loss": 1.0}, "succeeded"),
+                            ({"test_accuracy": 70.0, "test_loss": 0.5}, "succeeded"), (None, "failed")):
+        queue.finish(engine, queue.claim(engine, "worker-a", 60), status, metrics=metrics, error="x" if metrics is None else None)
+
+    def order(sort: str) -> list[int]:
+        return ids(db_client.get("/jobs", params={"sort": sort}))
+
+    assert order("-created") == ids(db_client.get("/jobs")) == [queued, failed, high, low]
+    assert order("created") == [low, high, failed, queued]
+    assert order("-test_accuracy") == [high, low, queued, failed]
+    assert order("test_accuracy") == [low, high, queued, failed]
+    assert order("test_loss") == [high, low, queued, failed]
+    assert order("-test_loss") == [low, high, queued, failed]
+    assert order("finished") == [low, high, failed, queued]
+    assert order("-finished") == [failed, high, low, queued]
+    assert ids(db_client.get("/jobs", params={"sort": "-test_accuracy", "limit": 1, "offset": 1})) == [low]
+
+
+def test_unknown_query_parameters_are_refused_naming_them(client):
+    client.post("/jobs", json={})
+    response = client.get("/jobs", params={"stauts": "queued", "page": "2"})
+    assert response.status_code == 422
+    body = response.json()
+    assert [error["field"] for error in body["detail"]] == ["stauts", "page"]
+    assert body["detail"][0]["msg"].endswith("did you mean `status`?")
+    assert "did you mean" not in body["detail"][1]["msg"] and "sort" in body["detail"][1]["msg"]
+    assert body["message"].startswith("stauts: ")
+    for params, field in (({"sort": "accuracy"}, "sort"), ({"created_after": "yesterday"}, "created_after")):
+        refused = client.get("/jobs", params=params)
+        assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == field, params
+    metrics = client.get("/jobs/1/metrics", params={"knd": "epoch"})
+    assert metrics.status_code == 422 and metrics.json()["detail"][0]["msg"].endswith("did you mean `kind`?")
+    assert client.get("/jobs/1/log", params={"tail": 10, "follow": 1}).status_code == 422
+    assert client.get("/jobs/1/log", params={"tail": 10}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Deleting and editing jobs (on both databases)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_delete_removes_a_finished_job_its_points_and_files_and_unlinks_its_retry(db_client, db_settings):
+    engine = get_engine(db_settings.database_url)
+    done = db_client.post("/jobs", json={"name": "done"}).json()
+    claim = queue.claim(engine, "worker-a", 60)
+    queue.record_progress(engine, claim, progress={"epoch": 1}, points=[("epoch", 1, {"test_accuracy": 40.0})])
+    queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 40.0})
+    folder = db_settings.job_files(done["id"]).root
+    (folder / "wandb").mkdir(parents=True)
+    db_settings.job_files(done["id"]).model.write_bytes(b"weights")
+    db_settings.job_files(done["id"]).log.write_text("trained\n")
+    cancelled = db_client.post("/jobs", json={"name": "cancelled"}).json()
+    db_client.post(f"/jobs/{cancelled['id']}/cancel")
+    retry = db_client.post(f"/jobs/{cancelled['id']}/retry").json()
+    assert retry["retry_of"] == cancelled["id"]
+
+    response = db_client.delete(f"/jobs/{done['id']}")
+    assert response.status_code == 204 and response.content == b""
+    assert db_client.get(f"/jobs/{done['id']}").status_code == 404
+    assert db_client.get(f"/jobs/{done['id']}/metrics").status_code == 404
+    assert not folder.exists()
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(JobMetric).where(JobMetric.job_id == done["id"])) == 0
+
+    assert db_client.delete(f"/jobs/{cancelled['id']}").status_code == 204  # it never had a folder
+    kept = db_client.get(f"/jobs/{retry['id']}").json()
+    assert kept["retry_of"] is None and kept["status"] == "queued"
+    assert "retry of" not in db_client.get(f"/jobs/{retry['id']}", headers={"Accept": "text/html"}).text
+    assert [job["id"] for job in db_client.get("/jobs").json()["items"]] == [retry["id"]]
+
+
+def test_delete_refuses_unfinished_and_unknown_jobs(db_client, db_settings):
+    queued = db_client.post("/jobs", json={}).json()
+    refused = db_client.delete(f"/jobs/{queued['id']}")
+    assert refused.status_code == 409 and "is queued" in refused.json()["detail"]
+    queue.claim(get_engine(db_settings.database_url), "worker-a", 60)
+    refused = db_client.delete(f"/jobs/{queued['id']}")
+    assert refused.status_code == 409 and "is running" in refused.json()["detail"]
+    assert db_client.get(f"/jobs/{queued['id']}").json()["status"] == "running"
+    assert db_client.delete("/jobs/999").status_code == 404
+
+
+def test_a_deleted_jobs_id_is_never_given_out_again(db_client):
+    newest = db_client.post("/jobs", json={}).json()
+    db_client.post(f"/jobs/{newest['id']}/cancel")
+    assert db_client.delete(f"/jobs/{newest['id']}").status_code == 204
+    assert db_client.post("/jobs", json={}).json()["id"] == newest["id"] + 1
+
+
+def test_patch_renames_retags_and_writes_notes_that_search_finds(db_client):
+    job = db_client.post("/jobs", json={"name": "before", "tags": ["old"]}).json()
+    notes = "lr 0.05 diverged\n\tafter epoch 3"
+    response = db_client.patch(f"/jobs/{job['id']}", json={"name": "after", "tags": ["new", "kept"], "notes": notes})
+    assert response.status_code == 200, response.text
+    patched = response.json()
+    assert patched["name"] == patched["params"]["name"] == "after"
+    assert patched["params"]["tags"] == ["new", "kept"] and patched["notes"] == notes
+    assert db_client.get(f"/jobs/{job['id']}").json() == patched
+    assert ids(db_client.get("/jobs", params={"q": "DIVERGED"})) == [job["id"]]
+    assert ids(db_client.get("/jobs", params={"tag": "new"})) == [job["id"]]
+
+    unchanged = db_client.patch(f"/jobs/{job['id']}", json={}).json()
+    assert (unchanged["name"], unchanged["notes"]) == ("after", notes)
+    cleared = db_client.patch(f"/jobs/{job['id']}", json={"notes": "", "tags": []}).json()
+    assert cleared["notes"] is None and cleared["params"]["tags"] == [] and cleared["name"] == "after"
+    assert db_client.patch("/jobs/999", json={"notes": "x"}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "hint"),
+    [
+        ({"name": ""}, "name", "at least 1 character"),
+        ({"name": None}, "name", "may not be null"),
+        ({"tags": ["x" * 65]}, "tags.0", "at most 64 characters"),
+        ({"tags": "a, b"}, "tags", "valid list"),
+        ({"notes": "n" * 10_001}, "notes", "at most 10000 characters"),
+        ({"notes": "bell\x07"}, "notes", "may not contain `\\x07`"),
+        ({"note": "typo"}, "note", "did you mean `notes`?"),
+    ],
+)
+def test_patch_refuses_bad_fields_naming_them(client, body, field, hint):
+    job = client.post("/jobs", json={"name": "kept"}).json()
+    response = client.patch(f"/jobs/{job['id']}", json=body)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["field"] == field and hint in error["msg"]
+    assert response.json()["message"].startswith(f"{field}: ")
+    assert client.get(f"/jobs/{job['id']}").json()["name"] == "kept"
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a queued job stands and why it waits (on both databases)
+# ---------------------------------------------------------------------------------------------
+
+
+def register_worker(engine, worker_id: str, slots: int) -> None:
+    queue.register_worker(engine, Worker(
+        id=worker_id, host="gpu-host", pid=1,
+        slots=[{"index": n, "device": f"cuda:{n}", "job_id": None} for n in range(slots)],
+    ))
+
+
+def test_queued_jobs_say_their_position_and_why_they_wait(db_client, db_settings):
+    engine = get_engine(db_settings.database_url)
+    job_ids = [db_client.post("/jobs", json={}).json()["id"] for _ in range(3)]
+
+    def waiting() -> list[tuple]:
+        jobs = {job["id"]: job for job in db_client.get("/jobs").json()["items"]}
+        assert all(db_client.get(f"/jobs/{job_id}").json() == jobs[job_id] for job_id in job_ids)
+        return [(jobs[job_id]["queue_position"], jobs[job_id]["waiting_reason"]) for job_id in job_ids]
+
+    no_worker = {"code": "no_worker", "message": "no worker is alive; start one with `trainboard worker`"}
+    assert waiting() == [(1, no_worker), (2, no_worker), (3, no_worker)]
+
+    register_worker(engine, "two-gpus", slots=2)
+    busy = {"code": "all_busy", "message": "all 2 worker slots are busy; position 3 in the queue"}
+    assert waiting() == [(1, None), (2, None), (3, busy)]
+
+    queue.claim(engine, "two-gpus", 60)
+    busy = {"code": "all_busy", "message": "all 2 worker slots are busy; position 2 in the queue"}
+    assert waiting() == [(None, None), (1, None), (2, busy)]
+
+    queue.worker_heartbeat(engine, "two-gpus", [], stopped=True)
+    assert waiting() == [(None, None), (1, no_worker), (2, no_worker)]
+    submitted = db_client.post("/jobs", json={}).json()
+    assert (submitted["queue_position"], submitted["waiting_reason"]) == (3, no_worker)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors that say what to do
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "meant"), [("learning_rate", "lr"), ("batchsize", "batch_size"), ("epoch", "epochs")])
+def test_an_unknown_field_suggests_the_one_it_most_likely_meant(client, given, meant):
+    response = client.post("/jobs", json={given: 1})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["field"] == given and error["type"] == "extra_forbidden"
+    assert error["msg"] == f"Extra inputs are not permitted; did you mean `{meant}`?"
+    assert response.json()["message"] == f"{given}: Extra inputs are not permitted; did you mean `{meant}`?"
+
+
+def test_malformed_json_is_reported_at_its_line_and_column(client):
+    body = b'{\n  "lr": 0.05,\n  "epochs": \n}'
+    response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    expected = "the body is not valid JSON: Expecting value at line 4 column 1"
+    [error] = response.json()["detail"]
+    assert error["msg"] == expected and error["field"] is None
+    assert response.json()["message"] == expected
+    assert job_count(client) == 0
+
+
+def test_a_bad_wandb_project_names_the_characters_not_the_regex(client):
+    response = client.post("/jobs", json={"wandb_project": "team/project"})
+    [error] = response.json()["detail"]
+    assert error["field"] == "wandb_project"
+    assert error["msg"] == "may not contain `/` (W&B project names cannot hold / \\ # ? % : or whitespace)"
+    entity = client.post("/jobs", json={"wandb_entity": "my team"}).json()["detail"][0]["msg"]
+    assert entity == "may not contain a space (a W&B user or team is letters, digits, _ . and -)"

@@ -338,3 +338,30 @@ def test_docs_render_offline_and_try_it_out_posts_as_the_user(make_stack, page, 
     expect(create.locator(".live-responses-table tbody .response-col_status")).to_have_text("201")
     assert [job["owner"] for job in stack.client.get("/jobs").json()["items"]] == ["alice"]
     assert elsewhere == [] and policy_violations == []
+
+
+def test_a_waiting_job_says_why_then_gets_notes_and_is_deleted_after_a_question(make_stack, page, screenshot):
+    stack = make_stack()
+    stack.serve()
+    job = stack.submit(name="to-delete", dataset="synthetic", pretrained=False)
+
+    page.goto(f"{stack.base_url}/jobs/{job['id']}")
+    expect(page.locator("#waiting-reason")).to_contain_text("no worker is alive; start one with `trainboard worker`")
+    expect(page.locator("#queue-position")).to_have_text("position 1")
+    page.get_by_role("link", name="Edit").click()
+    expect(page.locator("#edit-form")).to_be_visible()  # the link opens the folded form
+    page.get_by_label("Notes").fill("first line\nsecond line")
+    screenshot("job-waiting-edit")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#notes")).to_have_text("first line\nsecond line")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("cancelled")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Delete").click()
+    expect(page.locator("#status")).to_have_text("cancelled")  # dismissing the question keeps the job
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete").click()
+    page.wait_for_url(f"{stack.base_url}/")
+    assert stack.client.get(f"/jobs/{job['id']}").status_code == 404

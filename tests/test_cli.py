@@ -1,6 +1,7 @@
 """The `trainboard` command against real processes: up, and submit | status | cancel and GET /metrics for scripts."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import queue
 from app.db import get_engine
+from app.models import JobCreate, Worker
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,6 +93,53 @@ def test_submit_wait_status_cancel_and_metrics(make_stack, tmp_path):
     job_lines = [e for e in events["worker-1.log"] if e.get("job_id") == 1]
     assert any("succeeded" in e["message"] for e in job_lines)
     assert all(e["attempt"] == 1 and e["worker_id"] for e in job_lines)
+
+
+def test_submit_warns_without_a_worker_and_status_says_why_a_job_waits(make_stack):
+    stack = make_stack()
+    stack.serve()
+    waiting = "no worker is alive; start one with `trainboard worker`"
+    submitted = trainboard(stack, "submit", "tags=sweep", "name=first")
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.strip() == f"job 1 queued: {stack.base_url}/jobs/1"
+    assert submitted.stderr.strip() == f"trainboard: warning: {waiting}; the job waits until one does"
+    assert stack.job(1)["params"]["tags"] == ["sweep"]
+    assert trainboard(stack, "status", "1").stdout.strip() == f"job 1 queued, waiting: {waiting}"
+
+    # A live worker with one free slot: it takes job 1 next; job 2 waits behind it.
+    queue.register_worker(get_engine(stack.env["TRAINBOARD_DATABASE_URL"]), Worker(
+        id="one-slot", host="gpu-host", pid=1, slots=[{"index": 0, "device": "cuda:0", "job_id": None}],
+    ))
+    second = trainboard(stack, "submit", "tags=a, b")
+    assert second.returncode == 0 and second.stderr == "", second.stderr
+    assert stack.job(2)["params"]["tags"] == ["a", "b"]
+    assert trainboard(stack, "status", "1").stdout.strip() == "job 1 queued, position 1 in the queue"
+    assert trainboard(stack, "status", "2").stdout.strip() == (
+        "job 2 queued, waiting: the only worker slot is busy; position 2 in the queue"
+    )
+
+    refused = trainboard(stack, "submit", "learning_rate=0.1")
+    assert refused.returncode == 2
+    assert "learning_rate: Extra inputs are not permitted; did you mean `lr`?" in refused.stderr
+
+
+def test_submit_help_lists_every_field_with_its_default_and_bounds():
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "submit", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for name in JobCreate.model_fields:
+        assert re.search(rf"^  {name} +default ", result.stdout, re.MULTILINE), name
+    for line in (
+        "  batch_size         default 64; 1 to 4096",
+        "  lr                 default 0.01; more than 0, at most 10",
+        "  model              default resnet18; resnet18 | resnet18_cifar",
+        "  pretrained         default true; true | false",
+        "  train_subset       default none; 1 to 50000",
+        "  tags               default none; comma-separated",
+        "  preset             default tutorial; tutorial | fast94",
+    ):
+        assert line + "\n" in result.stdout, line
 
 
 def test_up_runs_app_and_worker_and_a_stop_hands_running_jobs_back(make_stack, tmp_path):

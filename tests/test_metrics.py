@@ -1,4 +1,5 @@
-"""GET /metrics from a real SQLite file: GPU gauges from the workers' heartbeats, gone workers dropped."""
+"""GET /metrics from a real database: GPU gauges from the workers' heartbeats, gone workers dropped;
+counters and histograms that deleting jobs does not take back."""
 
 from datetime import timedelta
 from pathlib import Path
@@ -39,3 +40,32 @@ def test_gpu_gauges_come_from_live_workers_heartbeats(tmp_path: Path):
     assert samples[("trainboard_workers_alive", ())] == 1
     assert not any(dict(key[1]).get("worker") == "gone" for key in samples)
     assert not any(dict(key[1]).get("slot") == "1" for key in samples)
+
+
+def test_deleting_jobs_never_decreases_the_counters_and_histograms(db_client, db_settings):
+    engine = get_engine(db_settings.database_url)
+    job_ids = [db_client.post("/jobs", json={}).json()["id"] for _ in range(3)]
+    for status in ("succeeded", "failed"):
+        queue.finish(engine, queue.claim(engine, "worker-a", 60), status)
+    db_client.post(f"/jobs/{job_ids[2]}/cancel")
+
+    def scrape() -> dict[tuple, float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(db_client.get("/metrics").text)
+            for sample in family.samples
+        }
+
+    before = scrape()
+    kept = {key: value for key, value in before.items() if not key[0].startswith(("trainboard_jobs", "trainboard_workers"))}
+    assert before[("trainboard_job_outcomes_total", (("status", "cancelled"),))] == 1
+    assert before[("trainboard_job_run_duration_seconds_count", ())] == 2
+    for job_id in job_ids:
+        assert db_client.delete(f"/jobs/{job_id}").status_code == 204
+    after = scrape()
+    assert {key: after[key] for key in kept} == kept
+    assert after[("trainboard_jobs", (("status", "succeeded"),))] == 0  # a gauge: what there is now
+
+    db_client.post("/jobs", json={})
+    queue.finish(engine, queue.claim(engine, "worker-a", 60), "succeeded")
+    assert scrape()[("trainboard_job_outcomes_total", (("status", "succeeded"),))] == 2

@@ -283,6 +283,53 @@ def test_queued_job_can_be_cancelled_from_its_page(client):
     assert 'class="badge cancelled" id="status"' in after and 'action="/jobs/1/retry"' in after
 
 
+def test_a_queued_job_page_says_where_it_stands_and_why_it_waits(client):
+    submit(client, name="waiting")
+    html = page(client, "/jobs/1")
+    assert '<dd id="queue-position">position 1</dd>' in html
+    assert "<strong>Waiting:</strong> no worker is alive; start one with `trainboard worker`" in html
+    client.post("/jobs/1/cancel", headers=HTML)
+    html = page(client, "/jobs/1")
+    assert 'id="queue-position"' not in html and 'id="waiting-reason"' not in html
+
+
+def test_a_finished_job_can_be_deleted_from_its_page_after_a_question(client, settings):
+    submit(client, name="short-lived")
+    assert 'action="/jobs/1/delete"' not in page(client, "/jobs/1")  # queued: cancel it first
+    client.post("/jobs/1/cancel", headers=HTML)
+    html = page(client, "/jobs/1")
+    assert 'action="/jobs/1/delete" data-confirm="Delete job #1 (short-lived)? Its model, log, metrics and W&amp;B run' in html
+    settings.job_dir(1).mkdir(parents=True)
+    response = client.post("/jobs/1/delete", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"
+    assert client.get("/jobs/1", headers=HTML).status_code == 404
+    assert not settings.job_dir(1).exists()
+    assert "short-lived" not in page(client, "/")
+
+
+def test_name_tags_and_notes_are_edited_on_the_job_page(client):
+    submit(client, name="first-name", tags=["a"])
+    html = page(client, "/jobs/1")
+    assert 'id="notes"' not in html
+    assert '<form class="edit-form" id="edit-form" method="post" action="/jobs/1/edit"' in html
+    assert 'name="name" value="first-name"' in html and 'name="tags" value="a"' in html
+    assert '<a class="button" href="#edit-form">Edit</a>' in html
+    form = {"name": "second-name", "tags": "b, c", "notes": "line one\r\n\tline two"}
+    response = client.post("/jobs/1/edit", data=form, headers=HTML, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/jobs/1"
+    html = page(client, "/jobs/1")
+    assert '<dd id="notes" class="notes">line one\n\tline two</dd>' in html
+    assert "<h1>second-name</h1>" in html and "<dt>tags</dt><dd>b, c</dd>" in html
+    assert '>line one\n\tline two</textarea>' in html
+
+    refused = client.post("/jobs/1/edit", data={"name": "", "tags": "b", "notes": "typed <b>"}, headers=HTML)
+    assert refused.status_code == 422
+    assert '<details open>' in refused.text and 'aria-invalid="true"' in refused.text
+    assert '<p class="error" id="edit-name-error">String should have at least 1 character</p>' in refused.text
+    assert ">typed &lt;b&gt;</textarea>" in refused.text
+    assert "<h1>second-name</h1>" in page(client, "/jobs/1")
+
+
 def test_hyperparameters_read_as_typed(client):
     submit(client, name="params", tags=["a", "b"], pretrained=False)
     html = page(client, "/jobs/1")
