@@ -8,6 +8,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from app.formatting import epoch_phrase
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL_SECONDS = 1.0
 
@@ -67,13 +69,11 @@ class Client:
 
 
 def describe(job: dict[str, Any]) -> str:
-    """One line: status, progress, the latest metrics."""
+    """One line: status, where it is, the latest metrics."""
     parts = [f"job {job['id']} {job['status']}"]
     progress = job.get("progress") or {}
     if progress.get("epochs"):
-        parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
-        if progress.get("batches") and job["status"] == "running":
-            parts.append(f"batch {progress.get('batch', 0)}/{progress['batches']}")
+        parts.append(epoch_phrase(progress, job["status"], separator=", "))
     metrics = job.get("metrics") or {}
     if metrics.get("test_accuracy") is not None:
         parts.append(f"test accuracy {metrics['test_accuracy']:.2f}%")
