@@ -64,11 +64,12 @@ def create_job(
 def list_jobs(
     engine: EngineDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name or tag contains this")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> JobPage:
     """Jobs, newest first."""
-    listing = reads.list_jobs(engine, status=status_filter, limit=limit, offset=offset)
+    listing = reads.list_jobs(engine, status=status_filter, search=search, limit=limit, offset=offset)
     return JobPage(items=[JobPublic.from_job(job) for job in listing.jobs], total=listing.total, limit=limit, offset=offset)
 
 
@@ -92,11 +93,18 @@ def read_job_metrics(
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])
 def read_job_log(
-    job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
+    job_id: JobId,
+    engine: EngineDep,
+    settings: SettingsDep,
+    tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000,
+    offset: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> PlainTextResponse:
-    """The output of the job's training process (the last `tail` bytes)."""
+    """The output of the job's training process: its last `tail` bytes, or with `offset` what
+    follows that byte (at most `tail` bytes). The X-Log-Offset header says where the text ends:
+    asking for `?offset=` that value returns only what was written since."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    return PlainTextResponse(settings.job_files(job_id).log_tail(tail))
+    text, end = settings.job_files(job_id).read_log(offset, tail)
+    return PlainTextResponse(text, headers={"X-Log-Offset": str(end)})
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])

@@ -1,4 +1,5 @@
-"""The `trainboard` command: serve, worker, up; submit, status, cancel for scripts."""
+"""The `trainboard` command: serve, worker, up; submit, status, list, logs, cancel, retry, download
+for scripts (over the HTTP API)."""
 
 import argparse
 import ipaddress
@@ -7,6 +8,22 @@ import subprocess
 import sys
 
 from app.logs import configure_logging
+from app.models import STATUSES
+
+# The commands that use the HTTP API, at $TRAINBOARD_URL with $TRAINBOARD_TOKEN (app/client.py).
+CLIENT_COMMANDS = {
+    "submit": "submit a job: key=value ... (values parsed as JSON where they parse)",
+    "status": "show a job's status and metrics",
+    "list": "list jobs, newest first: id, status, name, progress, test accuracy, age",
+    "logs": "print a job's log (its training process's output)",
+    "cancel": "cancel a queued or running job",
+    "retry": "queue a failed or cancelled job again, as a new job",
+    "download": "download a file a job produced (model.pth)",
+}
+CLIENT_EXIT_CODES = (
+    "exit codes: 0 done (the job succeeded, or is still going), 1 the job failed or was cancelled, "
+    "2 the request failed (unreachable, refused, unknown job)"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,12 +88,8 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
     worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
-    for name, help_text in (
-        ("submit", "submit a job: key=value ... (values parsed as JSON where they parse)"),
-        ("status", "show a job's status and metrics"),
-        ("cancel", "cancel a queued or running job"),
-    ):
-        command = commands.add_parser(name, help=help_text)
+    for name, help_text in CLIENT_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, epilog=CLIENT_EXIT_CODES)
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
         command.add_argument("--token", help="access token (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
@@ -86,13 +99,22 @@ def main(argv: list[str] | None = None) -> None:
                 help='job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=\'["sweep"]\' '
                 "(every field and its bounds: the form at /jobs/new, or /docs)",
             )
+        elif name == "list":
+            command.add_argument("--status", choices=STATUSES, help="only jobs with this status")
+            command.add_argument("--q", metavar="TEXT", help="only jobs whose name or a tag contains TEXT")
+            command.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default 20)")
         else:
             command.add_argument("job_id", type=int)
-        if name == "status":
-            command.add_argument("--json", action="store_true", help="print the job as JSON")
+        if name in ("status", "list"):
+            command.add_argument("--json", action="store_true", help="print the API's JSON")
+        elif name == "logs":
+            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded")
+        elif name == "download":
+            command.add_argument("name", nargs="?", default="model.pth", help="the artifact (default: model.pth)")
+            command.add_argument("-o", "--output", metavar="PATH", help="file or folder to save it to (default: its name, here)")
     args = parser.parse_args(argv)
 
-    if args.command in ("submit", "status", "cancel"):
+    if args.command in CLIENT_COMMANDS:
         from app.client import run
 
         sys.exit(run(args.command, args))
