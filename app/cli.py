@@ -1,5 +1,5 @@
 """The `trainboard` command: serve, worker, up; submit, status, list, logs, cancel, retry, download
-for scripts (over the HTTP API)."""
+for scripts (over the HTTP API); sync, on a worker's host, to upload offline W&B runs."""
 
 import argparse
 import ipaddress
@@ -24,6 +24,7 @@ CLIENT_EXIT_CODES = (
     "exit codes: 0 done (the job succeeded, or is still going), 1 the job failed or was cancelled, "
     "2 the request failed (unreachable, refused, unknown job)"
 )
+SYNC_EXIT_CODES = "exit codes: 0 every run chosen was uploaded (or none needed it), 2 one or more were not, or the job is unknown"
 
 
 def is_loopback(host: str) -> bool:
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "download":
             command.add_argument("name", nargs="?", default="model.pth", help="the artifact (default: model.pth)")
             command.add_argument("-o", "--output", metavar="PATH", help="file or folder to save it to (default: its name, here)")
+    sync = commands.add_parser(
+        "sync", help="upload offline W&B runs (on the worker's host, with its settings)", epilog=SYNC_EXIT_CODES
+    )
+    which = sync.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", type=int, metavar="ID", help="the job whose run to upload")
+    which.add_argument("--all-offline", action="store_true", help="every finished job whose run is offline and on this host")
     args = parser.parse_args(argv)
 
     if args.command in CLIENT_COMMANDS:
@@ -120,6 +127,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(run(args.command, args))
 
     configure_logging()
+    if args.command == "sync":
+        from worker.sync import run_sync
+
+        sys.exit(run_sync(args.job, sys.stdout))
     if args.command == "serve":
         serve(args.host, args.port)
     elif args.command == "up":

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import Job, JobCreate, JobMetric, Worker, as_utc, utcnow
+from app.models import FINISHED_STATUSES, Job, JobCreate, JobMetric, Worker, as_utc, utcnow
 
 log = logging.getLogger("trainboard.queue")
 
@@ -306,6 +306,20 @@ def retry(engine: Engine, job_id: int, *, max_attempts: int, max_queued: int | N
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
         max_queued=max_queued, retry_of=job_id,
     )
+
+
+def record_synced(engine: Engine, job_id: int, *, url: str | None) -> bool:
+    """A finished job's offline W&B run was uploaded (`trainboard sync`): the job is online now,
+    with its run's URL. Not fenced: no worker writes to a finished job; only a finished job that
+    is still offline changes."""
+    with session_scope(engine) as session:
+        changed = session.execute(
+            update(Job)
+            .where((Job.id == job_id) & col(Job.status).in_(FINISHED_STATUSES) & (Job.wandb_mode == "offline"))
+            .values(wandb_mode="online", wandb_url=url and url[:512])
+        ).rowcount
+        session.commit()
+    return changed == 1
 
 
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:

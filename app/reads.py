@@ -1,6 +1,6 @@
 """Every read the JSON API and the pages share: the job list with its status counts and search,
 the training speeds the form estimates run times from, a job's metric history and its chart
-points, its example predictions, and the workers.
+points, its example predictions, the workers; and the offline W&B runs `trainboard sync` uploads.
 
 Writes and the queue protocol (claim, lease, fencing) live in app/queue.py; the SQL that differs
 between SQLite and PostgreSQL lives in these two modules only.
@@ -21,7 +21,7 @@ from sqlmodel import Session, col
 
 from app import charts, queue
 from app.db import session_scope
-from app.models import Job, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
+from app.models import FINISHED_STATUSES, Job, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
 from app.settings import Settings
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +182,23 @@ def _average_train_loss(session: Session, job: Job) -> list[tuple[int, float | N
         # decode that job's points here instead (the chart leaves non-finite values out).
         rows = session.execute(select(JobMetric.step, JobMetric.values).where(current).order_by(JobMetric.step))
         return [(step, values.get("train_loss"), 1, step) for step, values in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline W&B runs, for `trainboard sync`
+# ---------------------------------------------------------------------------------------------
+
+
+def offline_runs(engine: Engine, job_id: int | None = None) -> list[Job]:
+    """Finished jobs whose W&B run was logged offline and not uploaded since, oldest first (or the
+    one job with this id, if it is such a job). A running job's run is still being written."""
+    query = select(Job).where(
+        col(Job.status).in_(FINISHED_STATUSES), Job.wandb_mode == "offline", col(Job.wandb_dir).is_not(None)
+    )
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+    with session_scope(engine) as session:
+        return list(session.scalars(query.order_by(col(Job.id))))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -520,3 +520,17 @@ def test_progress_counts_the_epoch_in_progress(client, engine):
     queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 50.0})
     assert progress_text(client, 1) == "100% · epoch 2/2"
 
+
+def test_offline_run_names_the_trainboard_sync_command(client, engine):
+    submit(client, name="offline")
+    claim = train(engine, 1, 1)
+    queue.record_wandb(engine, claim, mode="offline", url=None, run_id="abc", run_dir="/runs/offline-run-abc", note=None)
+    assert "once the job has finished" in page(client, "/jobs/1")
+    queue.finish(engine, claim, "succeeded")
+    html = page(client, "/jobs/1")
+    assert "to upload it, on the worker's host:" in html
+    assert '<code id="trainboard-sync">trainboard sync --job 1</code>' in html and "once the job has finished" not in html
+
+    assert queue.record_synced(engine, 1, url="https://wandb.ai/lab/thorough-pytorch/runs/abc")
+    html = page(client, "/jobs/1")
+    assert '<a href="https://wandb.ai/lab/thorough-pytorch/runs/abc" rel="noopener">' in html and "trainboard sync" not in html
