@@ -308,7 +308,7 @@ def test_with_a_token_log_in_submit_from_the_form_and_log_out(make_stack, page):
     page.wait_for_url(re.compile(r"/login\?next=/$"))
 
 
-def test_the_form_groups_its_fields_and_sums_up_the_run_as_values_change(make_stack, page, screenshot):
+def test_the_form_groups_its_fields_and_sums_up_the_run_as_values_change(make_stack, page):
     stack = make_stack()
     stack.serve()
     # A job that trained at 100 images/s on a worker without a GPU, as the queue records one.
@@ -342,4 +342,3 @@ def test_the_form_groups_its_fields_and_sums_up_the_run_as_values_change(make_st
 
     page.get_by_text("Advanced", exact=True).click()
     expect(advanced.locator("[name=compile]")).to_be_visible()
-    screenshot("form-sections")
