@@ -136,11 +136,18 @@ def read_job_metrics(
     "/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, dependencies=[KnownQueryOnly], tags=["jobs"]
 )
 def read_job_log(
-    job_id: JobId, engine: EngineDep, settings: SettingsDep, tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000
+    job_id: JobId,
+    engine: EngineDep,
+    settings: SettingsDep,
+    tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000,
+    offset: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> PlainTextResponse:
-    """The output of the job's training process (the last `tail` bytes)."""
+    """The output of the job's training process: its last `tail` bytes, or with `offset` what
+    follows that byte (at most `tail` bytes). The X-Log-Offset header says where the text ends:
+    asking for `?offset=` that value returns only what was written since."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    return PlainTextResponse(settings.job_files(job_id).log_tail(tail))
+    text, end = settings.job_files(job_id).read_log(offset, tail)
+    return PlainTextResponse(text, headers={"X-Log-Offset": str(end)})
 
 
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])

@@ -1,4 +1,5 @@
-"""The `trainboard` command: serve, worker, up; submit, status, cancel for scripts; user for admins."""
+"""The `trainboard` command: serve, worker, up; submit, status, list, logs, cancel, retry, download
+for scripts (over the HTTP API); sync, on a worker's host, to upload offline W&B runs; user for admins."""
 
 import argparse
 import functools
@@ -11,6 +12,23 @@ import textwrap
 from typing import Any
 
 from app.logs import configure_logging
+from app.models import STATUSES
+
+# The commands that use the HTTP API, at $TRAINBOARD_URL with $TRAINBOARD_TOKEN (app/client.py).
+CLIENT_COMMANDS = {
+    "submit": "submit a job: key=value ... (values parsed as JSON where they parse)",
+    "status": "show a job's status and metrics",
+    "list": "list jobs, newest first: id, status, name, progress, test accuracy, age",
+    "logs": "print a job's log (its training process's output)",
+    "cancel": "cancel a queued or running job",
+    "retry": "queue a failed or cancelled job again, as a new job",
+    "download": "download a file a job produced (model.pth)",
+}
+CLIENT_EXIT_CODES = (
+    "exit codes: 0 done (the job succeeded, or is still going), 1 the job failed or was cancelled, "
+    "2 the request failed (unreachable, refused, unknown job)"
+)
+SYNC_EXIT_CODES = "exit codes: 0 every run chosen was uploaded (or none needed it), 2 one or more were not, or the job is unknown"
 
 
 def is_loopback(host: str) -> bool:
@@ -133,15 +151,9 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
     worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
-    for name, help_text in (
-        ("submit", "submit a job: key=value ... (values parsed as JSON where they parse)"),
-        ("status", "show a job's status and metrics"),
-        ("cancel", "cancel a queued or running job"),
-    ):
-        command = commands.add_parser(
-            name, help=help_text, epilog=job_fields_help() if name == "submit" else None,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+    for name, help_text in CLIENT_COMMANDS.items():
+        epilog = job_fields_help() + "\n\n" + CLIENT_EXIT_CODES if name == "submit" else CLIENT_EXIT_CODES
+        command = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
         command.add_argument("--token", help="your access token, or the admin's (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
@@ -151,10 +163,25 @@ def main(argv: list[str] | None = None) -> None:
                 help="job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=sweep,baseline "
                 "(every field, its default and bounds: below)",
             )
+        elif name == "list":
+            command.add_argument("--status", choices=STATUSES, help="only jobs with this status")
+            command.add_argument("--q", metavar="TEXT", help="only jobs whose name or a tag contains TEXT")
+            command.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default 20)")
         else:
             command.add_argument("job_id", type=int)
-        if name == "status":
-            command.add_argument("--json", action="store_true", help="print the job as JSON")
+        if name in ("status", "list"):
+            command.add_argument("--json", action="store_true", help="print the API's JSON")
+        elif name == "logs":
+            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded")
+        elif name == "download":
+            command.add_argument("name", nargs="?", default="model.pth", help="the artifact (default: model.pth)")
+            command.add_argument("-o", "--output", metavar="PATH", help="file or folder to save it to (default: its name, here)")
+    sync = commands.add_parser(
+        "sync", help="upload offline W&B runs (on the worker's host, with its settings)", epilog=SYNC_EXIT_CODES
+    )
+    which = sync.add_mutually_exclusive_group(required=True)
+    which.add_argument("--job", type=int, metavar="ID", help="the job whose run to upload")
+    which.add_argument("--all-offline", action="store_true", help="every finished job whose run is offline and on this host")
     user = commands.add_parser("user", help="add, list, revoke or rotate users (on the database in the app's settings)")
     user_actions = user.add_subparsers(dest="action", required=True)
     for action, help_text in (
@@ -170,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("--admin", action="store_true", help="may cancel and retry anyone's jobs")
     args = parser.parse_args(argv)
 
-    if args.command in ("submit", "status", "cancel"):
+    if args.command in CLIENT_COMMANDS:
         from app.client import run
 
         sys.exit(run(args.command, args))
@@ -181,6 +208,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(users.run(args, get_settings()))
 
     configure_logging()
+    if args.command == "sync":
+        from worker.sync import run_sync
+
+        sys.exit(run_sync(args.job, sys.stdout))
     if args.command == "serve":
         serve(args.host, args.port)
     elif args.command == "up":

@@ -1,18 +1,26 @@
-"""`trainboard submit | status | cancel`: the HTTP API from a shell or a script (httpx)."""
+"""`trainboard submit | status | list | logs | cancel | retry | download`: the HTTP API from a shell
+or a script (httpx), at $TRAINBOARD_URL with $TRAINBOARD_TOKEN."""
 
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
 
-from app.models import FINISHED_STATUSES, JobStatus
+from app.formatting import epoch_phrase, short_age
 from app.forms import form_fields, split_tags
+from app.models import FINISHED_STATUSES, JobStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL_SECONDS = 1.0
+# The most of a log one request returns (the API's own bound).
+LOG_CHUNK_BYTES = 1_000_000
 
 
 class ClientError(RuntimeError):
@@ -46,19 +54,22 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
-    def _request(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+    @contextmanager
+    def _response(self, method: str, path: str, **kwargs) -> Iterator[httpx.Response]:
+        """The answer to a request, streamed; a refusal or an unreachable server as ClientError."""
         try:
-            response = self.http.request(method, path, **kwargs)
+            with self.http.stream(method, path, **kwargs) as response:
+                if not response.is_success:
+                    response.read()
+                    raise ClientError(f"{method} {path} answered {response.status_code}: {_detail(response)}")
+                yield response
         except httpx.TransportError as exc:
             raise ClientError(f"cannot reach trainboard at {self.url}: {exc}") from None
-        if response.is_success:
+
+    def _request(self, method: str, path: str, **kwargs) -> Any:
+        with self._response(method, path, **kwargs) as response:
+            response.read()
             return response.json()
-        try:
-            body = response.json()
-            detail = body.get("message") or body.get("detail")
-        except ValueError:
-            detail = response.text[:300]
-        raise ClientError(f"{method} {path} answered {response.status_code}: {detail}")
 
     def submit(self, params: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/jobs", json=params)
@@ -66,15 +77,56 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}")
 
+    def jobs(self, *, status: str | None, search: str | None, limit: int) -> dict[str, Any]:
+        query = {"status": status, "q": search, "limit": limit}
+        return self._request("GET", "/jobs", params={key: value for key, value in query.items() if value is not None})
+
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self._request("POST", f"/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/retry")
+
+    def log(self, job_id: int, offset: int | None = None) -> tuple[str, int]:
+        """The log's tail (or what follows byte `offset`), and the offset the text ends at."""
+        params = {"tail": LOG_CHUNK_BYTES} if offset is None else {"offset": offset, "tail": LOG_CHUNK_BYTES}
+        with self._response("GET", f"/jobs/{job_id}/log", params=params) as response:
+            response.read()
+            return response.text, int(response.headers["X-Log-Offset"])
+
+    def download(self, job_id: int, name: str, destination: Path) -> int:
+        """Stream an artifact into `destination` (whole or not at all); returns its size."""
+        partial = destination.with_name(destination.name + ".part")
+        size = 0
+        try:
+            with self._response("GET", f"/jobs/{job_id}/artifacts/{name}") as response, partial.open("wb") as file:
+                for chunk in response.iter_bytes():
+                    file.write(chunk)
+                    size += len(chunk)
+            os.replace(partial, destination)
+        finally:
+            partial.unlink(missing_ok=True)
+        return size
 
     def close(self) -> None:
         self.http.close()
 
 
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return body.get("message") or body.get("detail")
+    except ValueError:
+        return response.text[:300]
+
+
+# ---------------------------------------------------------------------------------------------
+# How jobs read in a terminal
+# ---------------------------------------------------------------------------------------------
+
+
 def describe(job: dict[str, Any]) -> str:
-    """One line: status, why a queued job waits (or its place in the queue), progress, the latest metrics."""
+    """One line: status, why a queued job waits (or its place in the queue), where it is, the latest metrics."""
     parts = [f"job {job['id']} {job['status']}"]
     if job.get("waiting_reason"):
         parts.append(f"waiting: {job['waiting_reason']['message']}")
@@ -82,9 +134,7 @@ def describe(job: dict[str, Any]) -> str:
         parts.append(f"position {job['queue_position']} in the queue")
     progress = job.get("progress") or {}
     if progress.get("epochs"):
-        parts.append(f"epoch {progress.get('epoch', 0)}/{progress['epochs']}")
-        if progress.get("batches") and job["status"] == JobStatus.RUNNING:
-            parts.append(f"batch {progress.get('batch', 0)}/{progress['batches']}")
+        parts.append(epoch_phrase(progress, job["status"], separator=", "))
     metrics = job.get("metrics") or {}
     if metrics.get("test_accuracy") is not None:
         parts.append(f"test accuracy {metrics['test_accuracy']:.2f}%")
@@ -100,6 +150,27 @@ def wandb_line(job: dict[str, Any]) -> str:
     if wandb.get("sync_command"):
         return f"W&B (offline): {wandb['sync_command']}"
     return f"W&B: {wandb.get('mode') or 'not started'}"
+
+
+def table(jobs: list[dict[str, Any]]) -> str:
+    """The jobs as aligned columns: id, status, name, progress, test accuracy, age."""
+    rows = [("ID", "STATUS", "NAME", "PROGRESS", "TEST ACC.", "AGE")]
+    for job in jobs:
+        accuracy = (job.get("metrics") or {}).get("test_accuracy")
+        rows.append((
+            str(job["id"]),
+            job["status"],
+            _shorten(job["name"], 40),
+            epoch_phrase({"epochs": job["params"].get("epochs"), **job["progress"]}, job["status"], separator=", "),
+            f"{accuracy:.2f}%" if accuracy is not None else "",
+            short_age(datetime.fromisoformat(job["created_at"])),
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def follow(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
@@ -123,38 +194,127 @@ def follow(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
         time.sleep(WAIT_POLL_SECONDS)
 
 
+def follow_log(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
+    """Print the log's tail, then what is written to it, until the job finishes; return the job."""
+    text, offset = client.log(job_id)
+    out.write(text)
+    out.flush()
+    while True:
+        # The status first: once it says finished, the log read after it is complete.
+        job = client.job(job_id)
+        offset = _print_log_since(client, job_id, offset, out)
+        if job["status"] in FINISHED_STATUSES:
+            return job
+        time.sleep(WAIT_POLL_SECONDS)
+
+
+def _print_log_since(client: Client, job_id: int, offset: int, out: TextIO) -> int:
+    """Print what the log gained after byte `offset`; return the offset it now ends at."""
+    while True:
+        text, end = client.log(job_id, offset)
+        if not text:
+            return offset
+        out.write(text)
+        out.flush()
+        offset = end
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands. Exit codes: 0 done (or the job succeeded), 1 the job did not succeed, 2 a request
+# failed (unreachable, refused, unknown job).
+# ---------------------------------------------------------------------------------------------
+
+
+def _outcome(job: dict[str, Any], out: TextIO) -> int:
+    """The last line for a job followed to its end, and the exit code it makes."""
+    if job["status"] == JobStatus.SUCCEEDED:
+        accuracy = job["metrics"].get("test_accuracy")
+        shown = f"{accuracy:.2f}%" if accuracy is not None else "none"
+        print(f"job {job['id']} succeeded: test accuracy {shown}; {wandb_line(job)}", file=out)
+        return 0
+    print(f"job {job['id']} {job['status']}: {job.get('error') or 'no reason recorded'}", file=out)
+    return 1
+
+
+def _submit(client: Client, args, out: TextIO) -> int:
+    job = client.submit(parse_assignments(args.params))
+    print(f"job {job['id']} {job['status']}: {client.url}/jobs/{job['id']}", file=out, flush=True)
+    if (job.get("waiting_reason") or {}).get("code") == "no_worker":
+        print(f"trainboard: warning: {job['waiting_reason']['message']}; the job waits until one does", file=sys.stderr)
+    return _outcome(follow(client, job["id"], out), out) if args.wait else 0
+
+
+def _status(client: Client, args, out: TextIO) -> int:
+    job = client.job(args.job_id)
+    if args.json:
+        print(json.dumps(job, indent=2), file=out)
+        return 0
+    print(describe(job), file=out)
+    return _outcome(job, out) if job["status"] in FINISHED_STATUSES else 0
+
+
+def _list(client: Client, args, out: TextIO) -> int:
+    page = client.jobs(status=args.status, search=args.q, limit=args.limit)
+    if args.json:
+        print(json.dumps(page, indent=2), file=out)
+    elif page["items"]:
+        print(table(page["items"]), file=out)
+        if page["total"] > len(page["items"]):
+            print(f"({len(page['items'])} of {page['total']}; --limit shows more)", file=out)
+    else:
+        print("no jobs", file=out)
+    return 0
+
+
+def _logs(client: Client, args, out: TextIO) -> int:
+    if args.follow:
+        job = follow_log(client, args.job_id, out)
+        return 0 if job["status"] == JobStatus.SUCCEEDED else 1
+    out.write(client.log(args.job_id)[0])
+    return 0
+
+
+def _cancel(client: Client, args, out: TextIO) -> int:
+    job = client.cancel(args.job_id)
+    print(f"job {job['id']} {'cancelling' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
+    return 0
+
+
+def _retry(client: Client, args, out: TextIO) -> int:
+    job = client.retry(args.job_id)
+    print(f"job {job['id']} {job['status']} (retry of job {args.job_id}): {client.url}/jobs/{job['id']}", file=out)
+    return 0
+
+
+def _download(client: Client, args, out: TextIO) -> int:
+    destination = Path(args.output or args.name)
+    if destination.is_dir():
+        destination = destination / args.name
+    try:
+        size = client.download(args.job_id, args.name, destination)
+    except OSError as exc:
+        raise ClientError(f"cannot write {destination}: {exc.strerror or exc}") from None
+    print(f"job {args.job_id}: {args.name} ({size / 1e6:.1f} MB) saved to {destination}", file=out)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
+    "submit": _submit,
+    "status": _status,
+    "list": _list,
+    "logs": _logs,
+    "cancel": _cancel,
+    "retry": _retry,
+    "download": _download,
+}
+
+
 def run(command: str, args, out: TextIO = sys.stdout) -> int:
-    """Exit codes: 0 done (or the job succeeded), 1 the job did not succeed, 2 a request failed."""
     client = Client(args.url, args.token)
     try:
-        if command == "submit":
-            job = client.submit(parse_assignments(args.params))
-            print(f"job {job['id']} {job['status']}: {client.url}/jobs/{job['id']}", file=out, flush=True)
-            if (job.get("waiting_reason") or {}).get("code") == "no_worker":
-                print(f"trainboard: warning: {job['waiting_reason']['message']}; the job waits until one does", file=sys.stderr)
-            if not args.wait:
-                return 0
-            job = follow(client, job["id"], out)
-        elif command == "status":
-            job = client.job(args.job_id)
-            if args.json:
-                print(json.dumps(job, indent=2), file=out)
-                return 0
-            print(describe(job), file=out)
-        else:
-            job = client.cancel(args.job_id)
-            print(f"job {job['id']} {'cancelling' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
-            return 0
+        return COMMANDS[command](client, args, out)
     except ClientError as exc:
         print(f"trainboard: {exc}", file=sys.stderr)
         return 2
     finally:
         client.close()
-
-    if job["status"] == JobStatus.SUCCEEDED:
-        print(f"job {job['id']} succeeded: test accuracy {job['metrics'].get('test_accuracy', float('nan')):.2f}%; {wandb_line(job)}", file=out)
-        return 0
-    if job["status"] in (JobStatus.FAILED, JobStatus.CANCELLED):
-        print(f"job {job['id']} {job['status']}: {job.get('error') or 'no reason recorded'}", file=out)
-        return 1
-    return 0

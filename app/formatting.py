@@ -69,12 +69,28 @@ def loss(value: float) -> str:
     return f"{value:.4f}"
 
 
-def progress_view(job: JobPublic) -> dict[str, Any]:
-    """Fraction done, ETA and throughput from the job's progress and latest metrics.
+def epoch_phrase(progress: dict[str, Any], status: str, separator: str = " · ") -> str:
+    """Where a job is, counting the epoch in progress: "epoch 2/5 · batch 10/16" inside an epoch,
+    "epoch 1/5 done" between two, "epoch 5/5" once it has ended there.
 
     The worker reports `epoch` as the epochs finished and `batch` of `batches` within the next
-    one; batch == batches is the end of an epoch, whose count `epoch` already holds.
+    one; batch == batches is the end of an epoch, whose count `epoch` holds once it is evaluated.
+    (The report of the last batch comes before the evaluation and still holds the previous count:
+    with none finished, that is the first epoch's last batch.)
     """
+    epochs = progress.get("epochs") or 1
+    epoch = progress.get("epoch") or 0
+    batch, batches = progress.get("batch") or 0, progress.get("batches") or 0
+    if not batches:
+        return "starting" if status == JobStatus.RUNNING else "not started"
+    if batch < batches or epoch == 0:
+        return f"epoch {epoch + 1}/{epochs}{separator}batch {batch}/{batches}"
+    return f"epoch {epoch}/{epochs} done" if status == JobStatus.RUNNING else f"epoch {epoch}/{epochs}"
+
+
+def progress_view(job: JobPublic) -> dict[str, Any]:
+    """Fraction done, where the job is (epoch_phrase), ETA and throughput from the job's progress
+    and latest metrics."""
     progress, metrics = job.progress, job.metrics
     epochs = progress.get("epochs") or job.params.get("epochs") or 1
     epoch = progress.get("epoch") or 0
@@ -92,8 +108,7 @@ def progress_view(job: JobPublic) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "epochs": epochs,
-        "batch": batch if batch < batches else None,
-        "batches": batches,
+        "where": epoch_phrase({**progress, "epochs": epochs}, job.status),
         "percent": round(100 * fraction),
         "eta": duration(eta_seconds) if eta_seconds is not None else None,
         "images_per_second": metrics.get("train_images_per_second"),

@@ -1,6 +1,7 @@
-"""The new-job form, generated from JobCreate's schema so the bounds and help texts have one
-source: its fields, the presets it offers, and the conversion between form strings and job input;
-and the job page's form that edits a job's name, tags and notes.
+"""The new-job form, generated from JobCreate's schema so the bounds, labels, sections and help
+texts have one source: its fields in their sections, the presets it offers, and the conversion
+between form strings and job input; and the job page's form that edits a job's name, tags and
+notes.
 
 `trainboard submit` reads the same fields for its --help and splits tags as the forms do."""
 
@@ -9,12 +10,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.models import Job, JobCreate
+from app.models import FIELD_GROUPS, Job, JobCreate
 
 # A preset sets many fields at once, and fields given explicitly win over it; the form sends every
 # field, so it offers presets as starting points (the form refilled with a preset's values) rather
 # than as a field of its own that the other fields would silently override.
 PRESET_FIELD = "preset"
+# The section a field without one of its own goes to, and the one that starts folded.
+ADVANCED_GROUP = "advanced"
 
 
 def _bounds(option: dict[str, Any]) -> str:
@@ -63,6 +66,7 @@ def form_fields() -> list[dict[str, Any]]:
         field = {
             "name": name,
             "label": spec.get("title", name),
+            "group": spec.get("x-group", ADVANCED_GROUP),
             "help": spec.get("description", ""),
             "default": spec.get("default"),
             "optional": len(options) < len(spec.get("anyOf", [spec])) or "default" not in spec,
@@ -86,6 +90,20 @@ def form_fields() -> list[dict[str, Any]]:
             field.update(kind="text", maxlength=option.get("maxLength"))
         fields.append(field)
     return fields
+
+
+@lru_cache
+def form_groups() -> list[dict[str, Any]]:
+    """The form's sections in order, each with its heading and fields; Advanced starts folded."""
+    return [
+        {
+            "name": name,
+            "heading": heading,
+            "collapsed": name == ADVANCED_GROUP,
+            "fields": [field for field in form_fields() if field["group"] == name],
+        }
+        for name, heading in FIELD_GROUPS.items()
+    ]
 
 
 def form_values(params: dict[str, Any]) -> dict[str, str]:

@@ -98,6 +98,25 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# The sections a person meets the job's fields in (the form, the command line's help), in order,
+# with their headings. Each JobCreate field names its section in its schema ("x-group"), beside
+# its label ("title").
+FIELD_GROUPS: dict[str, str] = {
+    "tutorial": "The tutorial's settings",
+    "recipe": "Recipe",
+    "wandb": "Weights & Biases",
+    "advanced": "Advanced",
+}
+IN_TUTORIAL = {"x-group": "tutorial"}
+IN_RECIPE = {"x-group": "recipe"}
+IN_WANDB = {"x-group": "wandb"}
+IN_ADVANCED = {"x-group": "advanced"}
+
+# Training images in each data set (worker/data.py loads or generates them): `epochs` passes over
+# these, or over the first `train_subset` of them.
+TRAIN_IMAGES: dict[str, int] = {"cifar10": 50_000, "synthetic": 10_000}
+
+
 # The hyperparameters of a job: every field optional. Defaults are the tutorial's config; a preset
 # replaces some of them, and fields given explicitly win over the preset.
 class JobCreate(BaseModel):
@@ -112,109 +131,148 @@ class JobCreate(BaseModel):
         },
     )
 
-    name: JobName | None = Field(default=None, description="Job and W&B run name (default: job-<id>)")
+    name: JobName | None = Field(
+        default=None, title="Name", json_schema_extra=IN_TUTORIAL, description="Job and W&B run name (default: job-<id>)"
+    )
     preset: Literal["tutorial", "fast94"] = Field(
         default="tutorial",
+        title="Preset",
         description=(
             "tutorial: the tutorial's settings (the defaults shown here). fast94: resnet18_cifar, batch 500, "
             "26 epochs, Nesterov SGD lr 0.2 on a one-cycle schedule, weight decay 5e-4, label smoothing 0.1, "
             "flip/crop/cutout, flip TTA, aimed at 94% on CIFAR-10. Fields given explicitly override the preset"
         ),
     )
-    batch_size: int = Field(default=TUTORIAL["batch_size"], ge=1, le=4096, description="Training batch size")
-    test_batch_size: int = Field(default=TUTORIAL["test_batch_size"], ge=1, le=10000, description="Evaluation batch size")
-    epochs: int = Field(default=TUTORIAL["epochs"], ge=1, le=1000, description="Passes over the training set")
-    optimizer: Literal["sgd", "adamw"] = Field(
-        default=TUTORIAL["optimizer"], description="sgd, as in the tutorial, or adamw (momentum and nesterov apply to sgd only)"
+    batch_size: int = Field(
+        default=TUTORIAL["batch_size"], ge=1, le=4096, title="Batch size", json_schema_extra=IN_TUTORIAL,
+        description="Training batch size",
     )
-    lr: float = Field(default=TUTORIAL["lr"], gt=0, le=10, description="Learning rate (the peak, under a schedule)")
-    momentum: float = Field(default=TUTORIAL["momentum"], ge=0, lt=1, description="SGD momentum")
-    nesterov: bool = Field(default=TUTORIAL["nesterov"], description="Nesterov momentum (sgd only; needs a momentum above 0)")
+    test_batch_size: int = Field(
+        default=TUTORIAL["test_batch_size"], ge=1, le=10000, title="Test batch size", json_schema_extra=IN_TUTORIAL,
+        description="Evaluation batch size",
+    )
+    epochs: int = Field(
+        default=TUTORIAL["epochs"], ge=1, le=1000, title="Epochs", json_schema_extra=IN_TUTORIAL,
+        description="Passes over the training set",
+    )
+    optimizer: Literal["sgd", "adamw"] = Field(
+        default=TUTORIAL["optimizer"], title="Optimizer", json_schema_extra=IN_RECIPE,
+        description="sgd, as in the tutorial, or adamw (momentum and nesterov apply to sgd only)",
+    )
+    lr: float = Field(
+        default=TUTORIAL["lr"], gt=0, le=10, title="Learning rate", json_schema_extra=IN_TUTORIAL,
+        description="Learning rate (the peak, under a schedule)",
+    )
+    momentum: float = Field(
+        default=TUTORIAL["momentum"], ge=0, lt=1, title="Momentum", json_schema_extra=IN_TUTORIAL,
+        description="SGD momentum",
+    )
+    nesterov: bool = Field(
+        default=TUTORIAL["nesterov"], title="Nesterov momentum", json_schema_extra=IN_RECIPE,
+        description="Nesterov momentum (sgd only; needs a momentum above 0)",
+    )
     weight_decay: float = Field(
-        default=TUTORIAL["weight_decay"], ge=0, le=1, description="L2 penalty for sgd, decoupled weight decay for adamw"
+        default=TUTORIAL["weight_decay"], ge=0, le=1, title="Weight decay", json_schema_extra=IN_RECIPE,
+        description="L2 penalty for sgd, decoupled weight decay for adamw",
     )
     lr_schedule: Literal["constant", "onecycle", "cosine"] = Field(
-        default=TUTORIAL["lr_schedule"],
+        default=TUTORIAL["lr_schedule"], title="Learning-rate schedule", json_schema_extra=IN_RECIPE,
         description=(
             "After the warm-up: constant; onecycle: linear decay to zero (with the warm-up, a triangle); "
             "cosine: cosine decay to zero. Updated every batch"
         ),
     )
     warmup_fraction: float = Field(
-        default=TUTORIAL["warmup_fraction"], ge=0, le=1,
+        default=TUTORIAL["warmup_fraction"], ge=0, le=1, title="Warm-up fraction", json_schema_extra=IN_RECIPE,
         description="Fraction of the training steps spent warming up linearly from zero to lr",
     )
     label_smoothing: float = Field(
-        default=TUTORIAL["label_smoothing"], ge=0, le=0.5,
+        default=TUTORIAL["label_smoothing"], ge=0, le=0.5, title="Label smoothing", json_schema_extra=IN_RECIPE,
         description="Label smoothing of the training loss (Test Loss never smooths)",
     )
     augment: Literal["none", "flip_crop", "flip_crop_cutout"] = Field(
-        default=TUTORIAL["augment"],
+        default=TUTORIAL["augment"], title="Augmentation", json_schema_extra=IN_RECIPE,
         description=(
             "Training augmentation, drawn batch-wise on the device: random horizontal flip, translation by up to 4 pixels "
             "(zero padded), and an 8x8 cutout"
         ),
     )
-    use_cuda: bool = Field(default=TUTORIAL["use_cuda"], description="Train on the slot's GPU when there is one")
+    use_cuda: bool = Field(
+        default=TUTORIAL["use_cuda"], title="Train on the GPU", json_schema_extra=IN_TUTORIAL,
+        description="Train on the slot's GPU when there is one",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        default=TUTORIAL["precision"],
+        default=TUTORIAL["precision"], title="Precision", json_schema_extra=IN_RECIPE,
         description="Autocast precision: auto is bf16 on a GPU that supports it and fp32 otherwise; fp16 uses a loss scaler",
     )
     channels_last: bool = Field(
-        default=TUTORIAL["channels_last"],
+        default=TUTORIAL["channels_last"], title="Channels-last layout", json_schema_extra=IN_ADVANCED,
         description="Channels-last memory layout: same results, faster convolutions on GPUs at bf16/fp16 (slower on CPUs)",
     )
     compile: Literal["off", "default", "reduce-overhead"] = Field(
-        default=TUTORIAL["compile"],
+        default=TUTORIAL["compile"], title="torch.compile", json_schema_extra=IN_ADVANCED,
         description=(
             "torch.compile the model: default fuses kernels; reduce-overhead also replays CUDA graphs, for small batches "
             "that are bound by kernel launches. Compiling adds a minute or so at the start"
         ),
     )
     deterministic: bool = Field(
-        default=TUTORIAL["deterministic"],
+        default=TUTORIAL["deterministic"], title="Deterministic cuDNN", json_schema_extra=IN_ADVANCED,
         description="cuDNN deterministic algorithms, as the tutorial sets; off lets cuDNN benchmark and pick the fastest",
     )
-    seed: int = Field(default=TUTORIAL["seed"], ge=0, le=2**32 - 1, description="Seed for python, numpy and torch")
-    log_interval: int = Field(default=TUTORIAL["log_interval"], ge=1, le=100000, description="Log train loss every N batches")
+    seed: int = Field(
+        default=TUTORIAL["seed"], ge=0, le=2**32 - 1, title="Random seed", json_schema_extra=IN_TUTORIAL,
+        description="Seed for python, numpy and torch",
+    )
+    log_interval: int = Field(
+        default=TUTORIAL["log_interval"], ge=1, le=100000, title="Log interval", json_schema_extra=IN_TUTORIAL,
+        description="Log train loss every N batches",
+    )
     model: Literal["resnet18", "resnet18_cifar"] = Field(
-        default=TUTORIAL["model"],
+        default=TUTORIAL["model"], title="Model", json_schema_extra=IN_TUTORIAL,
         description="resnet18: torchvision's, as in the tutorial; resnet18_cifar: 3x3 stem, no max-pool",
     )
     pretrained: bool = Field(
-        default=TUTORIAL["pretrained"], description="Start from torchvision's ImageNet weights (resnet18 only)"
+        default=TUTORIAL["pretrained"], title="Pretrained weights", json_schema_extra=IN_TUTORIAL,
+        description="Start from torchvision's ImageNet weights (resnet18 only)",
     )
     dataset: Literal["cifar10", "synthetic"] = Field(
-        default=TUTORIAL["dataset"], description="cifar10, or synthetic: generated and learnable, no download"
+        default=TUTORIAL["dataset"], title="Data set", json_schema_extra=IN_TUTORIAL,
+        description="cifar10, or synthetic: generated and learnable, no download",
     )
     train_subset: int | None = Field(
-        default=TUTORIAL["train_subset"], ge=1, le=50000, description="Train on the first N samples only"
+        default=TUTORIAL["train_subset"], ge=1, le=TRAIN_IMAGES["cifar10"], title="Training images",
+        json_schema_extra=IN_TUTORIAL, description="Train on the first N samples only",
     )
     test_subset: int | None = Field(
-        default=TUTORIAL["test_subset"], ge=1, le=10000, description="Evaluate on the first N samples only"
+        default=TUTORIAL["test_subset"], ge=1, le=10000, title="Test images", json_schema_extra=IN_TUTORIAL,
+        description="Evaluate on the first N samples only",
     )
     tta: Literal["none", "flip"] = Field(
-        default=TUTORIAL["tta"], description="Test-time augmentation: flip averages the logits of each test image and its mirror"
+        default=TUTORIAL["tta"], title="Test-time augmentation", json_schema_extra=IN_RECIPE,
+        description="Test-time augmentation: flip averages the logits of each test image and its mirror",
     )
-    wandb_project: WandbProject = Field(default=TUTORIAL["wandb_project"], description="W&B project")
+    wandb_project: WandbProject = Field(
+        default=TUTORIAL["wandb_project"], title="W&B project", json_schema_extra=IN_WANDB, description="W&B project"
+    )
     wandb_entity: WandbEntity | None = Field(
-        default=TUTORIAL["wandb_entity"], description="W&B user or team (default: the key's)"
+        default=TUTORIAL["wandb_entity"], title="W&B entity", json_schema_extra=IN_WANDB,
+        description="W&B user or team (default: the key's)",
     )
     wandb_mode: Literal["auto", "online", "offline", "disabled"] | None = Field(
-        default=TUTORIAL["wandb_mode"],
+        default=TUTORIAL["wandb_mode"], title="W&B mode", json_schema_extra=IN_WANDB,
         description="auto (online when the worker has a W&B key), online, offline or disabled (default: TRAINBOARD_WANDB_MODE)",
     )
     wandb_watch: Literal["all", "gradients", "parameters", "off"] = Field(
-        default=TUTORIAL["wandb_watch"],
+        default=TUTORIAL["wandb_watch"], title="wandb.watch histograms", json_schema_extra=IN_ADVANCED,
         description="What wandb.watch logs as histograms: all (as the tutorial), gradients, parameters, or off",
     )
     wandb_watch_freq: int = Field(
-        default=TUTORIAL["wandb_watch_freq"],
-        ge=1,
-        le=1_000_000,
+        default=TUTORIAL["wandb_watch_freq"], ge=1, le=1_000_000, title="Histogram interval",
+        json_schema_extra=IN_ADVANCED,
         description="Batches between wandb.watch histograms (each costs about a few training steps)",
     )
-    tags: Tags = Field(default_factory=list, description="W&B tags, up to 16")
+    tags: Tags = Field(default_factory=list, title="Tags", json_schema_extra=IN_TUTORIAL, description="W&B tags, up to 16")
 
     @model_validator(mode="before")
     @classmethod

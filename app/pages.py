@@ -21,7 +21,9 @@ from app.deps import (
     MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToRetry, PageRoute, SettingsDep,
 )
 from app.formatting import loss, param_value, percent, progress_view
-from app.models import ACTIVE_STATUSES, MAX_NOTES, STATUSES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, UserName, utcnow
+from app.models import (
+    ACTIVE_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, UserName, utcnow,
+)
 from app.settings import Settings
 from app.templating import templates
 
@@ -45,6 +47,7 @@ LIST_LIVE_INTERVAL_MS = 5000
 
 def _render_form(
     request: Request,
+    engine: Engine,
     values: dict[str, str],
     errors: dict[str, str],
     status_code: int = 200,
@@ -54,7 +57,10 @@ def _render_form(
 ) -> HTMLResponse:
     context = {
         "refusal": refusal,
-        "fields": forms.form_fields(),
+        "groups": forms.form_groups(),
+        # The summary under the form works out a run's size and time from these as values change.
+        "train_images": TRAIN_IMAGES,
+        "speeds": reads.training_speeds(engine),
         "presets": forms.form_presets(),
         "preset_help": forms.preset_help(),
         "values": values,
@@ -73,13 +79,13 @@ def new_job_form(
     preset: Annotated[str | None, Query(max_length=64)] = None,
 ) -> HTMLResponse:
     if clone is None:
-        return _render_form(request, forms.form_presets().get(preset or "") or forms.default_values(), {})
+        return _render_form(request, engine, forms.form_presets().get(preset or "") or forms.default_values(), {})
     try:
         original = queue.get_job(engine, clone)
     except queue.JobNotFound:
-        return _render_form(request, forms.default_values(), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
+        return _render_form(request, engine, forms.default_values(), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
     # The clone gets a name of its own; two runs with one name are confusing in W&B.
-    return _render_form(request, forms.form_values({**original.params, "name": None}), {}, clone_of=original)
+    return _render_form(request, engine, forms.form_values({**original.params, "name": None}), {}, clone_of=original)
 
 
 @router.post("/jobs/new", response_class=HTMLResponse)
@@ -89,14 +95,14 @@ async def submit_job_form(request: Request, engine: EngineDep, settings: Setting
         params = JobCreate.model_validate(forms.parse_form(form))
     except ValidationError as exc:
         errors = forms.field_errors(exc)
-        return _render_form(request, forms.submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return _render_form(request, engine, forms.submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
     try:
         job = queue.submit(
             engine, params, default_wandb_mode=settings.wandb_mode,
             max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
         )
     except queue.QueueFull as exc:
-        return _render_form(request, forms.submitted_values(form), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc))
+        return _render_form(request, engine, forms.submitted_values(form), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc))
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

@@ -370,6 +370,20 @@ def delete_job(engine: Engine, job_id: int, files: JobFiles) -> None:
         log.warning("job %d deleted, but its folder %s could not be removed: %s", job_id, files.root, exc)
 
 
+def record_synced(engine: Engine, job_id: int, *, url: str | None) -> bool:
+    """A finished job's offline W&B run was uploaded (`trainboard sync`): the job is online now,
+    with its run's URL. Not fenced: no worker writes to a finished job; only a finished job that
+    is still offline changes."""
+    with session_scope(engine) as session:
+        changed = session.execute(
+            update(Job)
+            .where((Job.id == job_id) & col(Job.status).in_(FINISHED_STATUSES) & (Job.wandb_mode == "offline"))
+            .values(wandb_mode="online", wandb_url=url and url[:512])
+        ).rowcount
+        session.commit()
+    return changed == 1
+
+
 def reap_expired(engine: Engine, now: datetime | None = None) -> int:
     """Requeue running jobs whose lease expired, or fail them once their attempts are used up."""
     now = now if now is not None else _clock(engine)

@@ -1,6 +1,7 @@
 """Every read the JSON API and the pages share: the job list with its status counts, search,
-filters and sort orders, where queued jobs stand in the queue and why they wait, a job's metric
-history and its chart points, its example predictions, and the workers.
+filters and sort orders, where queued jobs stand in the queue and why they wait, the training
+speeds the form estimates run times from, a job's metric history and its chart points, its
+example predictions, the workers; and the offline W&B runs `trainboard sync` uploads.
 
 Writes and the queue protocol (claim, lease, fencing) live in app/queue.py; the SQL that differs
 between SQLite and PostgreSQL lives in these two modules only.
@@ -21,7 +22,9 @@ from sqlmodel import Session, col
 
 from app import charts, queue
 from app.db import is_sqlite, session_scope
-from app.models import Job, JobMetric, JobPublic, JobStatus, WaitingReason, Worker, WorkerPublic, as_utc, utcnow
+from app.models import (
+    FINISHED_STATUSES, Job, JobMetric, JobPublic, JobStatus, WaitingReason, Worker, WorkerPublic, as_utc, utcnow,
+)
 from app.settings import Settings
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +109,38 @@ def list_jobs(
         jobs = list(session.scalars(query.order_by(order, col(Job.id).desc()).limit(limit).offset(offset)))
         counts = {row[0]: row[1] for row in session.execute(counts_query)}
     return JobListing(jobs, counts, status)
+
+
+def device_kind(params: dict[str, Any], slots: list[dict[str, Any]] | None) -> str | None:
+    """Where a job trained, "gpu" or "cpu": on its worker's GPU when it asked for one and the worker
+    had GPUs (a worker's slots are all GPUs or one CPU slot); None when its worker is unknown."""
+    if not params.get("use_cuda"):
+        return "cpu"
+    if slots is None:
+        return None
+    return "gpu" if any(slot.get("device", "").startswith("cuda") for slot in slots) else "cpu"
+
+
+def training_speeds(engine: Engine, recent: int = 200) -> dict[str, dict[str, Any]]:
+    """{"model/dataset/device kind": {"images_per_second", "job_id"}} from the last succeeded job
+    of each kind among the `recent` latest, for the form's estimate of a new job's run time."""
+    query = (
+        select(Job.id, Job.params, Job.metrics, Worker.slots)
+        .outerjoin(Worker, Worker.id == Job.worker_id)
+        .where(Job.status == JobStatus.SUCCEEDED)
+        .order_by(col(Job.id).desc())
+        .limit(recent)
+    )
+    speeds: dict[str, dict[str, Any]] = {}
+    with session_scope(engine) as session:
+        rows = session.execute(query).all()
+    for job_id, params, metrics, slots in rows:
+        kind = device_kind(params, slots)
+        speed = metrics.get("train_images_per_second")
+        if kind is None or not isinstance(speed, int | float) or not speed > 0:
+            continue
+        speeds.setdefault(f"{params.get('model')}/{params.get('dataset')}/{kind}", {"images_per_second": speed, "job_id": job_id})
+    return speeds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +288,23 @@ def _average_train_loss(session: Session, job: Job) -> list[tuple[int, float | N
         # decode that job's points here instead (the chart leaves non-finite values out).
         rows = session.execute(select(JobMetric.step, JobMetric.values).where(current).order_by(JobMetric.step))
         return [(step, values.get("train_loss"), 1, step) for step, values in rows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Offline W&B runs, for `trainboard sync`
+# ---------------------------------------------------------------------------------------------
+
+
+def offline_runs(engine: Engine, job_id: int | None = None) -> list[Job]:
+    """Finished jobs whose W&B run was logged offline and not uploaded since, oldest first (or the
+    one job with this id, if it is such a job). A running job's run is still being written."""
+    query = select(Job).where(
+        col(Job.status).in_(FINISHED_STATUSES), Job.wandb_mode == "offline", col(Job.wandb_dir).is_not(None)
+    )
+    if job_id is not None:
+        query = query.where(Job.id == job_id)
+    with session_scope(engine) as session:
+        return list(session.scalars(query.order_by(col(Job.id))))
 
 
 # ---------------------------------------------------------------------------------------------

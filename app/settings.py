@@ -85,15 +85,22 @@ class JobFiles:
     def artifact(self, name: str) -> Path:
         return self.root / name
 
-    def log_tail(self, max_bytes: int) -> str:
-        """The last max_bytes of the log (decoded leniently), or "" before there is one."""
+    def read_log(self, offset: int | None, max_bytes: int) -> tuple[str, int]:
+        """Up to max_bytes of the log, decoded leniently: from byte `offset` on, or its last
+        max_bytes when offset is None; and the offset the text ends at ("" and 0 before there is a log)."""
         try:
             with self.log.open("rb") as log:
-                log.seek(0, 2)
-                log.seek(max(0, log.tell() - max_bytes))
-                return log.read().decode("utf-8", errors="replace")
+                size = log.seek(0, 2)
+                start = max(0, size - max_bytes) if offset is None else min(offset, size)
+                log.seek(start)
+                data = log.read(max_bytes)
         except FileNotFoundError:
-            return ""
+            return "", 0
+        return data.decode("utf-8", errors="replace"), start + len(data)
+
+    def log_tail(self, max_bytes: int) -> str:
+        """The last max_bytes of the log, or "" before there is one."""
+        return self.read_log(None, max_bytes)[0]
 
 
 def wandb_environment(environment: dict[str, str], wandb_mode: str | None) -> dict[str, str]:

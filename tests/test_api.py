@@ -115,6 +115,33 @@ def test_list_is_newest_first_paginated_and_filtered(client):
     assert client.get("/jobs", params={"limit": 0}).status_code == 422
 
 
+def test_list_searches_names_and_tags_with_q(client):
+    for name, tags in (("baseline", ["sweep"]), ("other", []), ("Sweep-2", [])):
+        client.post("/jobs", json={"name": name, "tags": tags})
+    found = client.get("/jobs", params={"q": "SWEEP"}).json()
+    assert [job["name"] for job in found["items"]] == ["Sweep-2", "baseline"] and found["total"] == 2
+    assert client.get("/jobs", params={"q": "sweep", "status": "running"}).json()["total"] == 0
+    assert client.get("/jobs", params={"q": "x" * 129}).status_code == 422
+
+
+def test_log_from_an_offset_returns_only_what_was_written_since(client, settings):
+    job = client.post("/jobs", json={}).json()
+    assert client.get(f"/jobs/{job['id']}/log").headers["x-log-offset"] == "0"
+    log = settings.job_files(job["id"]).log
+    log.parent.mkdir(parents=True)
+    log.write_text("first line\nsecond line\n")
+    whole = client.get(f"/jobs/{job['id']}/log")
+    assert whole.text == "first line\nsecond line\n" and whole.headers["x-log-offset"] == str(len(whole.text))
+    with log.open("a") as stream:
+        stream.write("third line, é\n")
+    since = client.get(f"/jobs/{job['id']}/log", params={"offset": whole.headers["x-log-offset"]})
+    assert since.text == "third line, é\n" and int(since.headers["x-log-offset"]) == log.stat().st_size
+    assert client.get(f"/jobs/{job['id']}/log", params={"offset": since.headers["x-log-offset"]}).text == ""
+    capped = client.get(f"/jobs/{job['id']}/log", params={"offset": 6, "tail": 4})
+    assert capped.text == "line" and capped.headers["x-log-offset"] == "10"
+    assert client.get(f"/jobs/{job['id']}/log", params={"offset": -1}).status_code == 422
+
+
 def test_unknown_job_is_404(client):
     for path in ("/jobs/999", "/jobs/999/metrics", "/jobs/999/log", "/jobs/999/artifacts/model.pth"):
         assert client.get(path).status_code == 404, path

@@ -16,8 +16,9 @@ try:
 except ImportError:
     expect = sync_playwright = None
 
-from app import users
+from app import queue, users
 from app.db import get_engine
+from app.models import Worker
 from tests.conftest import IN_CI
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -365,3 +366,39 @@ def test_a_waiting_job_says_why_then_gets_notes_and_is_deleted_after_a_question(
     page.get_by_role("button", name="Delete").click()
     page.wait_for_url(f"{stack.base_url}/")
     assert stack.client.get(f"/jobs/{job['id']}").status_code == 404
+
+
+def test_the_form_groups_its_fields_and_sums_up_the_run_as_values_change(make_stack, page):
+    stack = make_stack()
+    stack.serve()
+    # A job that trained at 100 images/s on a worker without a GPU, as the queue records one.
+    engine = get_engine(stack.env["TRAINBOARD_DATABASE_URL"])
+    queue.register_worker(engine, Worker(id="laptop", host="laptop", pid=1, slots=[{"index": 0, "device": "cpu"}]))
+    done = stack.submit(name="measured", dataset="synthetic", pretrained=False)
+    queue.finish(engine, queue.claim(engine, "laptop", 60), "succeeded", metrics={"train_images_per_second": 100.0})
+
+    page.goto(stack.base_url + "/jobs/new")
+    expect(page.locator(".field-group > legend, .field-group > summary")).to_have_text(
+        ["The tutorial's settings", "Recipe", "Weights & Biases", "Advanced"]
+    )
+    expect(page.locator("label[for=lr]")).to_have_text("Learning rate lr")
+    expect(page.locator("#group-tutorial [name=epochs]")).to_be_visible()
+    expect(page.locator("#group-recipe [name=optimizer]")).to_be_visible()
+    advanced = page.locator("#group-advanced")
+    assert advanced.get_attribute("open") is None
+    expect(advanced.locator("[name=compile]")).to_be_hidden()
+
+    summary = page.locator("#form-summary")
+    expect(summary).to_have_text("5 epochs × 50,000 images = 250,000 training images")
+    page.locator("[name=dataset]").select_option("synthetic")
+    like_job = f"on a CPU like the last similar job (#{done['id']})"
+    expect(summary).to_have_text(f"5 epochs × 10,000 images = 50,000 training images; about 8 min {like_job}")
+    page.locator("[name=epochs]").fill("2")
+    expect(summary).to_have_text(f"2 epochs × 10,000 images = 20,000 training images; about 3 min {like_job}")
+    page.locator("[name=train_subset]").fill("256")
+    expect(summary).to_have_text(f"2 epochs × 256 images = 512 training images; under a minute {like_job}")
+    page.locator("[name=model]").select_option("resnet18_cifar")
+    expect(summary).to_have_text("2 epochs × 256 images = 512 training images")
+
+    page.get_by_text("Advanced", exact=True).click()
+    expect(advanced.locator("[name=compile]")).to_be_visible()

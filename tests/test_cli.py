@@ -1,4 +1,5 @@
-"""The `trainboard` command against real processes: up, and submit | status | cancel and GET /metrics for scripts."""
+"""The `trainboard` command against real processes: up, and submit | status | list | logs | cancel | retry |
+download and GET /metrics for scripts."""
 
 import json
 import re
@@ -177,3 +178,79 @@ def _answers(stack) -> bool:
         return stack.client.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_list_logs_retry_and_download_against_a_real_worker(make_stack, tmp_path):
+    stack = make_stack()
+    stack.serve()
+    # Followed from before it starts: every byte of the log, once, then the job's exit code.
+    job_id = trainboard(stack, "submit", *TINY, "wandb_mode=disabled", "name=followed").stdout.split()[1]
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "logs", job_id, "--follow"],
+        env={**stack.env, "TRAINBOARD_URL": stack.base_url}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    stack.worker()
+    followed, errors = follower.communicate(timeout=240)
+    assert follower.returncode == 0, errors
+    log = stack.client.get(f"/jobs/{job_id}/log").text
+    assert followed == log and "trainboard: epoch 1/1 test accuracy" in followed
+    assert trainboard(stack, "logs", job_id).stdout == log
+
+    failing = trainboard(stack, "submit", "--wait", *TINY, "pretrained=true", "wandb_mode=disabled", "name=doomed")
+    failed_id = failing.stdout.split()[1]
+    assert failing.returncode == 1
+    assert trainboard(stack, "logs", failed_id, "--follow").returncode == 1
+
+    listing = trainboard(stack, "list")
+    assert listing.returncode == 0, listing.stderr
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["ID", "STATUS", "NAME", "PROGRESS", "TEST", "ACC.", "AGE"]
+    assert rows[0].split()[:3] == [failed_id, "failed", "doomed"]
+    assert rows[1].split()[:6] == [job_id, "succeeded", "followed", "epoch", "1/1", rows[1].split()[5]]
+    assert re.search(r"\d+\.\d\d%\s+\d+[smhd] ago$", rows[1])
+    only = trainboard(stack, "list", "--status", "succeeded", "--json")
+    assert [job["id"] for job in json.loads(only.stdout)["items"]] == [int(job_id)]
+    assert trainboard(stack, "list", "--q", "DOOM").stdout.splitlines()[1].split()[0] == failed_id
+    assert trainboard(stack, "list", "--limit", "1").stdout.splitlines()[-1] == "(1 of 2; --limit shows more)"
+    assert trainboard(stack, "list", "--q", "nothing-like-it").stdout == "no jobs\n"
+    assert trainboard(stack, "list", "--status", "lost").returncode == 2  # argparse refuses it
+
+    retried = trainboard(stack, "retry", failed_id)
+    assert retried.returncode == 0, retried.stderr
+    retry_id = retried.stdout.split()[1]
+    assert retried.stdout.startswith(f"job {retry_id} queued (retry of job {failed_id}): {stack.base_url}/jobs/{retry_id}")
+    assert stack.job(int(retry_id))["retry_of"] == int(failed_id)
+    refused = trainboard(stack, "retry", job_id)
+    assert refused.returncode == 2 and "409" in refused.stderr and "succeeded" in refused.stderr
+
+    model = stack.client.get(f"/jobs/{job_id}/artifacts/model.pth").content
+    saved = trainboard(stack, "download", job_id, "-o", str(tmp_path / "weights.pth"))
+    assert saved.returncode == 0, saved.stderr
+    assert (tmp_path / "weights.pth").read_bytes() == model
+    assert saved.stdout.strip() == f"job {job_id}: model.pth ({len(model) / 1e6:.1f} MB) saved to {tmp_path / 'weights.pth'}"
+    (tmp_path / "into").mkdir()
+    assert trainboard(stack, "download", job_id, "model.pth", "-o", str(tmp_path / "into")).returncode == 0
+    assert (tmp_path / "into" / "model.pth").read_bytes() == model
+    missing = trainboard(stack, "download", failed_id, "-o", str(tmp_path / "none.pth"))
+    assert missing.returncode == 2 and "404" in missing.stderr and not list(tmp_path.glob("none.pth*"))
+    for command in (("logs", "999"), ("retry", "999"), ("download", "999")):
+        assert trainboard(stack, *command).returncode == 2, command
+
+
+def test_client_commands_send_the_token(make_stack):
+    token = "cli-token-0123456789-abcdef-0123"
+    stack = make_stack(TRAINBOARD_TOKEN=token)
+    stack.serve()
+    env = {**stack.env, "TRAINBOARD_URL": stack.base_url}
+    without = {key: value for key, value in env.items() if key != "TRAINBOARD_TOKEN"}
+
+    def run(environment, *args):
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=environment, capture_output=True, text=True, timeout=60)
+
+    assert run(env, "submit", "name=secret").returncode == 0
+    assert run(env, "list").stdout.splitlines()[1].split()[:3] == ["1", "queued", "secret"]
+    refused = run(without, "list")
+    assert refused.returncode == 2 and "401" in refused.stderr
+    assert run(without, "list", "--token", token).returncode == 0
+    assert run(env, "logs", "1").returncode == 0
+    assert run(without, "logs", "1").returncode == 2

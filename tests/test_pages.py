@@ -2,7 +2,9 @@
 page and its live fragment, the form (clone), and the compare page. Jobs get their progress and
 metrics through the queue functions a worker uses."""
 
+import json
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 import pytest
@@ -10,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from app import forms, queue
 from app.db import get_engine
+from app.models import Worker
 from app.settings import Settings
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
@@ -466,3 +469,115 @@ def test_a_diverged_job_with_missing_metrics_still_renders(client, engine):
     page(client, f"/jobs/{first['id']}/live")
     page(client, "/")
     page(client, f"/compare?ids={first['id']},{second['id']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The form's sections, labels and the speeds its summary estimates from
+# ---------------------------------------------------------------------------------------------
+
+
+def test_form_groups_its_fields_with_labels_and_folds_advanced(client):
+    form = page(client, "/jobs/new")
+    sections = re.findall(r'<(fieldset|details) class="field-group" id="group-(\w+)"(?: open)?>', form)
+    assert sections == [("fieldset", "tutorial"), ("fieldset", "recipe"), ("fieldset", "wandb"), ("details", "advanced")]
+    assert "<legend>The tutorial&#39;s settings</legend>" in form and "<summary>Advanced</summary>" in form
+    assert '<details class="field-group" id="group-advanced">' in form  # folded
+    assert '<label for="lr">Learning rate <code class="field-name">lr</code></label>' in form
+
+    def section_of(name: str) -> str:
+        before = form[: form.index(f'name="{name}"')]
+        return re.findall(r'id="group-(\w+)"', before)[-1]
+
+    assert [section_of(name) for name in ("batch_size", "lr", "seed", "use_cuda", "dataset", "train_subset", "tags")] == ["tutorial"] * 7
+    assert [section_of(name) for name in ("optimizer", "lr_schedule", "augment", "precision", "tta")] == ["recipe"] * 5
+    assert [section_of(name) for name in ("wandb_project", "wandb_entity", "wandb_mode")] == ["wandb"] * 3
+    assert [section_of(name) for name in ("compile", "channels_last", "wandb_watch_freq")] == ["advanced"] * 3
+    assert sum(len(group["fields"]) for group in forms.form_groups()) == len(forms.form_fields())
+
+    # A bad value in a folded section opens it, beside the field's message.
+    refused = client.post("/jobs/new", data={"compile": "sometimes", "epochs": "2"}, headers=HTML)
+    assert refused.status_code == 422
+    assert '<details class="field-group" id="group-advanced" open>' in refused.text
+    assert 'id="compile-error"' in refused.text
+
+
+def form_speeds(client) -> dict:
+    form = page(client, "/jobs/new")
+    raw = re.search(r'id="form-summary"[^>]* data-speeds="([^"]*)"', form).group(1)
+    return json.loads(unescape(raw))
+
+
+def test_form_estimates_from_the_last_succeeded_job_of_the_same_model_data_and_device(client, engine):
+    queue.register_worker(engine, Worker(id="gpu-host", host="gpu", pid=1, slots=[{"index": 0, "device": "cuda:0"}]))
+    queue.register_worker(engine, Worker(id="laptop", host="laptop", pid=2, slots=[{"index": 0, "device": "cpu"}]))
+
+    def finished(worker_id: str, images_per_second: float, status: str = "succeeded", **params) -> int:
+        job = submit(client, **params)
+        claim = queue.claim(engine, worker_id, 60)
+        assert claim.job_id == job["id"]
+        queue.finish(engine, claim, status, metrics={"train_images_per_second": images_per_second})
+        return job["id"]
+
+    assert form_speeds(client) == {}
+    older = finished("gpu-host", 1000.0)
+    newer = finished("gpu-host", 2000.0)
+    finished("gpu-host", 9999.0, status="failed")
+    # Asked for the GPU, but its worker had none: a CPU speed.
+    on_cpu = finished("laptop", 30.0, dataset="synthetic")
+    by_choice = finished("gpu-host", 40.0, use_cuda=False, model="resnet18_cifar")
+
+    speeds = form_speeds(client)
+    assert older != newer
+    assert speeds == {
+        "resnet18/cifar10/gpu": {"images_per_second": 2000.0, "job_id": newer},
+        "resnet18/synthetic/cpu": {"images_per_second": 30.0, "job_id": on_cpu},
+        "resnet18_cifar/cifar10/cpu": {"images_per_second": 40.0, "job_id": by_choice},
+    }
+    assert 'data-train-images="{&#34;cifar10&#34;: 50000, &#34;synthetic&#34;: 10000}"' in page(client, "/jobs/new")
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress counts the epoch in progress
+# ---------------------------------------------------------------------------------------------
+
+
+def progress_text(client, job_id: int) -> str:
+    return re.search(r'<span id="progress-text">(.*?)</span>\s*</dd>', page(client, f"/jobs/{job_id}"), re.S).group(1)
+
+
+def test_progress_counts_the_epoch_in_progress(client, engine):
+    submit(client, name="counting", epochs=2)
+    assert progress_text(client, 1).startswith("0% · not started")
+    claim = queue.claim(engine, "test-worker", 60)
+    assert progress_text(client, 1).startswith("0% · starting")
+
+    def report(epoch: int, batch: int) -> str:
+        assert queue.record_progress(engine, claim, progress={"epoch": epoch, "epochs": 2, "batch": batch, "batches": 16})
+        return progress_text(client, 1)
+
+    assert report(0, 10).startswith("31% · epoch 1/2 · batch 10/16")
+    # The first epoch's last batch, reported before its evaluation: still the first epoch.
+    assert report(0, 16).startswith("0% · epoch 1/2 · batch 16/16")
+    assert report(1, 16).startswith("50% · epoch 1/2 done")
+    assert report(1, 4).startswith("62% · epoch 2/2 · batch 4/16")
+    listing = page(client, "/")
+    assert '<span class="small" title="epoch 2/2 · batch 4/16">62% · epoch 1/2 done</span>' in listing
+
+    report(2, 16)
+    queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": 50.0})
+    assert progress_text(client, 1) == "100% · epoch 2/2"
+
+
+def test_offline_run_names_the_trainboard_sync_command(client, engine):
+    submit(client, name="offline")
+    claim = train(engine, 1, 1)
+    queue.record_wandb(engine, claim, mode="offline", url=None, run_id="abc", run_dir="/runs/offline-run-abc", note=None)
+    assert "once the job has finished" in page(client, "/jobs/1")
+    queue.finish(engine, claim, "succeeded")
+    html = page(client, "/jobs/1")
+    assert "to upload it, on the worker's host:" in html
+    assert '<code id="trainboard-sync">trainboard sync --job 1</code>' in html and "once the job has finished" not in html
+
+    assert queue.record_synced(engine, 1, url="https://wandb.ai/lab/thorough-pytorch/runs/abc")
+    html = page(client, "/jobs/1")
+    assert '<a href="https://wandb.ai/lab/thorough-pytorch/runs/abc" rel="noopener">' in html and "trainboard sync" not in html

@@ -247,6 +247,36 @@ def test_retry_makes_a_linked_job_only_for_failed_or_cancelled_ones(engine: Engi
         queue.retry(engine, 424242, max_attempts=3)
 
 
+def test_offline_runs_are_the_finished_offline_jobs_and_a_sync_marks_them_online(engine: Engine):
+    def ran(status: str | None, mode: str, run_dir: str | None) -> int:
+        job = submit(engine)
+        claimed = claim(engine)
+        queue.record_wandb(engine, claimed, mode=mode, url=None, run_id="run", run_dir=run_dir, note=None)
+        if status is not None:
+            queue.finish(engine, claimed, status)
+        return job.id
+
+    succeeded = ran("succeeded", "offline", "/runs/a/wandb/offline-run-1")
+    running = ran(None, "offline", "/runs/b/wandb/offline-run-2")
+    failed = ran("failed", "offline", "/runs/c/wandb/offline-run-3")
+    ran("succeeded", "online", None)
+    ran("cancelled", "disabled", None)
+    queue.request_cancel(engine, submit(engine).id)  # never ran: no W&B run at all
+
+    assert [job.id for job in reads.offline_runs(engine)] == [succeeded, failed]
+    assert [job.id for job in reads.offline_runs(engine, failed)] == [failed]
+    assert reads.offline_runs(engine, running) == []
+
+    url = "https://wandb.ai/lab/thorough-pytorch/runs/run"
+    assert queue.record_synced(engine, succeeded, url=url)
+    job = queue.get_job(engine, succeeded)
+    assert (job.wandb_mode, job.wandb_url, job.wandb_dir) == ("online", url, "/runs/a/wandb/offline-run-1")
+    assert [job.id for job in reads.offline_runs(engine)] == [failed]
+    assert not queue.record_synced(engine, succeeded, url=url)  # already online
+    assert not queue.record_synced(engine, running, url=url)  # still being written
+    assert queue.get_job(engine, running).wandb_mode == "offline"
+
+
 # ---------------------------------------------------------------------------------------------
 # Wake-ups
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // trainboard's only script: every page works without it; it adds live updates of a job's page and
-// of the list, copy buttons, a confirmation before cancelling, and the compare selection count.
+// of the list, copy buttons, a confirmation before cancelling, the compare selection count, and
+// the new-job form's summary line.
 // Served from /static (no inline scripts), so a Content-Security-Policy of script-src 'self' holds.
 "use strict";
 
@@ -234,11 +235,62 @@ document.addEventListener("change", (event) => {
   }
 });
 
+// ---- The new-job form's summary -------------------------------------------------------------
+// One line under the form says what the chosen values add up to: epochs x training images, and
+// the time that takes at the speed of the last succeeded job with the same model, data set and
+// kind of device, which the server worked out (data-speeds, keyed "model/dataset/gpu|cpu").
+
+function roughDuration(seconds) {
+  if (seconds < 60) return "under a minute";
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 60) return `about ${minutes} min`;
+  const hours = Math.floor(minutes / 60);
+  return minutes % 60 ? `about ${hours} h ${minutes % 60} min` : `about ${hours} h`;
+}
+
+function positiveInteger(input) {
+  const value = Number(input.value.trim() || input.placeholder);
+  return Number.isInteger(value) && value > 0 ? value : null;
+}
+
+function updateFormSummary() {
+  const summary = document.getElementById("form-summary");
+  if (!summary) return;
+  const fields = summary.closest("form").elements;
+  const available = JSON.parse(summary.dataset.trainImages)[fields.dataset.value];
+  const epochs = positiveInteger(fields.epochs);
+  if (!available || !epochs) {
+    summary.textContent = "";
+    return;
+  }
+  const images = Math.min(positiveInteger(fields.train_subset) || available, available);
+  const total = epochs * images;
+  const count = (n) => n.toLocaleString("en-US");
+  let text = `${count(epochs)} epoch${epochs === 1 ? "" : "s"} × ${count(images)} images = ${count(total)} training images`;
+  // A job that asks for the GPU trains on the CPU where its worker has none.
+  const speeds = JSON.parse(summary.dataset.speeds);
+  const kind = (fields.use_cuda.checked ? ["gpu", "cpu"] : ["cpu"])
+    .find((device) => speeds[`${fields.model.value}/${fields.dataset.value}/${device}`]);
+  if (kind) {
+    const speed = speeds[`${fields.model.value}/${fields.dataset.value}/${kind}`];
+    text += `; ${roughDuration(total / speed.images_per_second)} on a ${kind.toUpperCase()}`
+      + ` like the last similar job (#${speed.job_id})`;
+  }
+  summary.textContent = text;
+}
+
+document.addEventListener("input", (event) => {
+  if (event.target.form && event.target.form.querySelector("#form-summary")) {
+    updateFormSummary();
+  }
+});
+
 document.documentElement.classList.add("js");
 
 document.addEventListener("DOMContentLoaded", () => {
   enhance(document);
   updateCompareSelection();
+  updateFormSummary();
   for (const container of document.querySelectorAll("[data-live-src]")) {
     followLive(container);
   }
