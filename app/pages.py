@@ -202,7 +202,7 @@ def _render_index(request: Request, engine: Engine, query: ListQuery, *, templat
 def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]:
     public = JobPublic.from_job(job)
     points = reads.metric_points(engine, [job])[job.id]
-    log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
+    log = reads.read_log(engine, settings, job.id, LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
     return {
@@ -211,7 +211,7 @@ def _job_context(engine: Engine, settings: Settings, job: Job) -> dict[str, Any]
         "progress": progress_view(public),
         "epochs": [values for _, values in points["epoch"]],
         "charts": charts.draw_charts([(job.name, points)]),
-        "examples": reads.read_examples(settings, job.id),
+        "examples": reads.read_examples(engine, settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
     }
@@ -238,6 +238,18 @@ def job_live_fragment(job_id: JobId, request: Request, engine: EngineDep, settin
 @shared_router.post("/jobs/{job_id}/cancel")
 def cancel_button(job_id: JobId, engine: EngineDep) -> RedirectResponse:
     queue.request_cancel(engine, job_id)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@shared_router.post("/jobs/{job_id}/pause")
+def pause_button(job_id: JobId, engine: EngineDep) -> RedirectResponse:
+    queue.request_pause(engine, job_id)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@shared_router.post("/jobs/{job_id}/resume")
+def resume_button(job_id: JobId, engine: EngineDep) -> RedirectResponse:
+    queue.request_resume(engine, job_id)
     return RedirectResponse(f"/jobs/{job_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

@@ -20,7 +20,7 @@ from sqlmodel import Session, col
 
 from app import charts, queue
 from app.db import session_scope
-from app.models import Job, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
+from app.models import Job, JobExample, JobLog, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
 from app.settings import Settings
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +156,78 @@ def _average_train_loss(session: Session, job: Job) -> list[tuple[int, float | N
 # ---------------------------------------------------------------------------------------------
 
 
-def read_examples(settings: Settings, job_id: int) -> dict[str, Any] | None:
-    """The last evaluated epoch's "Examples": {"epoch", "examples": [{"file", "caption"}]}, or None."""
+def read_log(engine: Engine, settings: Settings, job_id: int, max_bytes: int) -> str:
+    """The last max_bytes of the job's training output, every attempt's in order, from the
+    database (so any host's app can show it); where the database kept only an attempt's last
+    bytes, a line says how many were dropped. Jobs from before logs were kept in the database
+    read their log file in the local store."""
+    query = select(JobLog.attempt, JobLog.offset, JobLog.text).where(JobLog.job_id == job_id)
+    with session_scope(engine) as session:
+        # Newest chunks first, only as many as the tail needs.
+        chunks, size = [], 0
+        for attempt, offset, text in session.execute(query.order_by(col(JobLog.attempt).desc(), col(JobLog.offset).desc())):
+            chunks.append((attempt, offset, text))
+            size += len(text)
+            if size >= max_bytes:
+                break
+        first_kept = dict(session.execute(
+            select(JobLog.attempt, func.min(JobLog.offset)).where(JobLog.job_id == job_id).group_by(JobLog.attempt)
+        ).all())
+    if not chunks:
+        return settings.job_files(job_id).log_tail(max_bytes)
+    parts, previous = [], None
+    for attempt, offset, text in reversed(chunks):
+        if attempt != previous and offset == first_kept.get(attempt) and offset > 0:
+            parts.append(f"[trainboard: the first {offset:,} bytes of attempt {attempt}'s output were dropped; "
+                         f"{settings.log_max_bytes:,} bytes are kept per attempt]\n")
+        previous = attempt
+        parts.append(text)
+    log = "".join(parts)
+    return log[-max_bytes:]
+
+
+def read_examples(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | None:
+    """The last evaluated epoch's "Examples": {"epoch", "examples": [{"file", "caption"}]}, or None.
+    From the database; jobs from before examples were kept there read the local store's folder."""
+    query = select(JobExample.position, JobExample.epoch, JobExample.caption).where(JobExample.job_id == job_id)
+    with session_scope(engine) as session:
+        rows = session.execute(query.order_by(JobExample.position)).all()
+    if rows:
+        return {"epoch": rows[0].epoch, "examples": [{"file": f"{row.position:02d}.png", "caption": row.caption} for row in rows]}
     try:
         manifest = json.loads(settings.job_files(job_id).examples_manifest.read_text())
     except (FileNotFoundError, ValueError):
         return None
     return manifest if manifest.get("examples") else None
+
+
+def missing_artifact_reason(settings: Settings, job_id: int, artifact: dict[str, Any]) -> str:
+    """Why a listed artifact is not in this app's store: most often, a worker on another host
+    wrote it to that host's own local store."""
+    store = settings.store
+    written_to, host = artifact.get("store"), artifact.get("host")
+    fix = "configure TRAINBOARD_ARTIFACTS_URL to one store shared by the app and every worker"
+    if written_to and "://" not in written_to and host and host != settings.host_name:
+        return f"artifact {artifact['name']!r} of job {job_id} is stored on host {host}'s local disk ({written_to}); {fix}"
+    if written_to and written_to != store.public_url:
+        return f"artifact {artifact['name']!r} of job {job_id} is in the store {written_to}, not in this app's {store.public_url}; {fix}"
+    return f"artifact {artifact['name']!r} of job {job_id} is missing from the store {store.public_url}"
+
+
+def read_example_png(engine: Engine, settings: Settings, job_id: int, name: str) -> bytes | None:
+    """One example's PNG by the file name read_examples gives it, or None."""
+    manifest = read_examples(engine, settings, job_id)
+    if manifest is None or name not in {example["file"] for example in manifest["examples"]}:
+        return None
+    position = int(name.removesuffix(".png")) if name.removesuffix(".png").isdigit() else -1
+    with session_scope(engine) as session:
+        png = session.scalar(select(JobExample.png).where((JobExample.job_id == job_id) & (JobExample.position == position)))
+    if png is not None:
+        return bytes(png)
+    try:
+        return (settings.job_files(job_id).examples_dir / name).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
