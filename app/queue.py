@@ -315,7 +315,7 @@ def pause(engine: Engine, claim: Claim) -> bool:
     with session_scope(engine) as session:
         cancelled = session.execute(
             update(Job).where(_fence(claim) & Job.cancel_requested).values(
-                status="cancelled", finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
+                status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
             )
         ).rowcount
         owned = cancelled == 1 or _fenced_update(
