@@ -263,6 +263,7 @@ class Worker(SQLModel, table=True):
     id: str = ColumnField(primary_key=True, max_length=128)
     host: str = ColumnField(max_length=255)
     pid: int
+    store: str | None = ColumnField(default=None, max_length=1024)  # its artifact store's URL, without credentials
     slots: list[dict[str, Any]] = ColumnField(default_factory=list, sa_column=Column(JSON, nullable=False))
     started_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     heartbeat_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -385,6 +386,7 @@ class SlotPublic(BaseModel):
     gpu_name: str | None = None
     job_id: int | None = None
     gpu: dict[str, float] | None = None
+    problem: str | None = None
 
 
 # A worker as the API shows it; `alive` from its heartbeats.
@@ -392,6 +394,7 @@ class WorkerPublic(BaseModel):
     id: str
     host: str
     pid: int
+    store: str | None
     slots: list[SlotPublic]
     started_at: datetime
     heartbeat_at: datetime

@@ -248,6 +248,7 @@ def worker_views(engine: Engine, lease_seconds: float, now: datetime) -> list[Wo
             id=worker.id,
             host=worker.host,
             pid=worker.pid,
+            store=worker.store,
             slots=worker.slots,
             started_at=as_utc(worker.started_at),
             heartbeat_at=as_utc(worker.heartbeat_at),

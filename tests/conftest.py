@@ -158,6 +158,7 @@ class Stack:
             "TRAINBOARD_DATABASE_URL": database_url,
             "TRAINBOARD_DATA_DIR": str(data_dir),
             "TRAINBOARD_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+            "TRAINBOARD_WORK_DIR": str(tmp_path / "work"),
             "TRAINBOARD_CIFAR_VERIFY": "false",
             "TRAINBOARD_WANDB_MODE": "offline",
             "TRAINBOARD_POLL_SECONDS": "0.2",

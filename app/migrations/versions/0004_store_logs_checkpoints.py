@@ -22,6 +22,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column('resumed_from_batch', sa.Integer(), nullable=True))
         batch.add_column(sa.Column('host', sa.String(length=255), nullable=True))
         batch.add_column(sa.Column('wandb_attempts', sa.JSON(), nullable=False, server_default='[]'))
+    with op.batch_alter_table('workers') as batch:
+        batch.add_column(sa.Column('store', sa.String(length=1024), nullable=True))
     op.create_table('job_logs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
@@ -47,6 +49,8 @@ def downgrade() -> None:
     op.drop_table('job_examples')
     op.drop_index('ix_job_logs_job_attempt_offset', table_name='job_logs')
     op.drop_table('job_logs')
+    with op.batch_alter_table('workers') as batch:
+        batch.drop_column('store')
     with op.batch_alter_table('jobs') as batch:
         for column in ('wandb_attempts', 'host', 'resumed_from_batch', 'resumed_from_epoch', 'checkpoint', 'pause_requested'):
             batch.drop_column(column)
