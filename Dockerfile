@@ -11,13 +11,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TRAINBOARD_DATABASE_URL=sqlite:////var/lib/trainboard/db/trainboard.db \
     TRAINBOARD_DATA_DIR=/var/lib/trainboard/data \
     TRAINBOARD_ARTIFACTS_DIR=/var/lib/trainboard/artifacts \
+    TRAINBOARD_WORK_DIR=/var/lib/trainboard/work \
     WANDB_DIR=/var/lib/trainboard/wandb \
     WANDB_CACHE_DIR=/var/lib/trainboard/wandb/cache \
     WANDB_CONFIG_DIR=/var/lib/trainboard/wandb/config
 
 RUN groupadd --system --gid 10001 trainboard \
  && useradd --system --uid 10001 --gid trainboard --create-home --home-dir /home/trainboard trainboard \
- && mkdir -p /var/lib/trainboard/db /var/lib/trainboard/data /var/lib/trainboard/artifacts /var/lib/trainboard/wandb \
+ && mkdir -p /var/lib/trainboard/db /var/lib/trainboard/data /var/lib/trainboard/artifacts /var/lib/trainboard/work /var/lib/trainboard/wandb \
  && chown -R trainboard:trainboard /var/lib/trainboard
 
 WORKDIR /opt/trainboard

@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine, text
 
 from app import queue, reads, users
-from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToRetry, KnownQueryOnly, SettingsDep
+from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly, SettingsDep
 from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, UserName, WorkerPublic, utcnow
 from app.settings import Settings
 
@@ -114,7 +114,7 @@ def update_job(job: JobToEdit, changes: JobUpdate, engine: EngineDep, settings: 
 def delete_job(job: JobToDelete, engine: EngineDep, settings: SettingsDep) -> None:
     """A finished job goes with its metric points and files (model, log, W&B run folder). A retry
     of it stays, unlinked; /metrics keeps counting it."""
-    queue.delete_job(engine, job.id, settings.job_files(job.id))
+    queue.delete_job(engine, job.id, settings)
 
 
 @router.get(
@@ -142,34 +142,64 @@ def read_job_log(
     tail: Annotated[int, Query(ge=1, le=1_000_000)] = 200_000,
     offset: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
 ) -> PlainTextResponse:
-    """The output of the job's training process: its last `tail` bytes, or with `offset` what
-    follows that byte (at most `tail` bytes). The X-Log-Offset header says where the text ends:
-    asking for `?offset=` that value returns only what was written since."""
+    """The output of the job's training process, every attempt's: its last `tail` bytes, or with
+    `offset` what follows that byte (at most `tail` bytes). The X-Log-Offset header says where the
+    text ends: asking for `?offset=` that value returns only what was written since."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    text, end = settings.job_files(job_id).read_log(offset, tail)
+    text, end = reads.read_log(engine, settings, job_id, offset, tail)
     return PlainTextResponse(text, headers={"X-Log-Offset": str(end)})
 
 
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end inclusive) of a single `bytes=` range within the object, or None for all of it."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header.removeprefix("bytes=").strip().partition("-")
+    if not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    if not first:
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start > end or start >= size:
+        raise HTTPException(status.HTTP_416_RANGE_NOT_SATISFIABLE, f"the range {header!r} is outside the file's {size} bytes")
+    return start, end
+
+
 @router.get("/jobs/{job_id}/artifacts/{name}", responses=NOT_FOUND, tags=["jobs"])
-def download_artifact(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
-    """A file the job produced. Only names listed on the job resolve."""
+def download_artifact(job_id: JobId, name: str, request: Request, engine: EngineDep, settings: SettingsDep) -> StreamingResponse:
+    """A file the job produced, streamed from the artifact store (`Range` requests answer 206).
+    Only names listed on the job resolve."""
     job = queue.get_job(engine, job_id)
-    if name not in {artifact["name"] for artifact in job.artifacts}:
+    artifact = next((artifact for artifact in job.artifacts if artifact["name"] == name), None)
+    if artifact is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact named {name!r}")
-    path = settings.job_files(job_id).artifact(name)
-    if not path.is_file():
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"artifact {name!r} of job {job_id} is missing on disk")
-    return FileResponse(path, filename=name, media_type="application/octet-stream")
+    store = settings.store
+    key = artifact.get("key") or store.key(job_id, name)
+    size = store.size(key)
+    if size is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, reads.missing_artifact_reason(settings, job_id, artifact))
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{name}"'}
+    span = _byte_range(request.headers.get("range"), size)
+    if span is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(store.read_chunks(key), media_type="application/octet-stream", headers=headers)
+    start, end = span
+    headers.update({"Content-Length": str(end - start + 1), "Content-Range": f"bytes {start}-{end}/{size}"})
+    return StreamingResponse(
+        store.read_chunks(key, start, end - start + 1), status.HTTP_206_PARTIAL_CONTENT,
+        media_type="application/octet-stream", headers=headers,
+    )
 
 
 @router.get("/jobs/{job_id}/examples/{name}", responses=NOT_FOUND, tags=["jobs"])
-def download_example(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> FileResponse:
+def download_example(job_id: JobId, name: str, engine: EngineDep, settings: SettingsDep) -> Response:
     """One of the last evaluated epoch's example predictions (PNG). Only names it lists resolve."""
     queue.get_job(engine, job_id)  # an unknown job is a 404
-    examples = reads.read_examples(settings, job_id) or {"examples": []}
-    if name not in {example["file"] for example in examples["examples"]}:
+    png = reads.read_example_png(engine, settings, job_id, name)
+    if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no example named {name!r}")
-    return FileResponse(settings.job_files(job_id).examples_dir / name, media_type="image/png")
+    return Response(png, media_type="image/png")
 
 
 @router.post(
@@ -178,6 +208,23 @@ def download_example(job_id: JobId, name: str, engine: EngineDep, settings: Sett
 def cancel_job(job: JobToCancel, engine: EngineDep, settings: SettingsDep) -> JobPublic:
     """Queued: cancelled at once. Running: its worker stops the training and records cancelled."""
     return _view(engine, settings, queue.request_cancel(engine, job.id))
+
+
+@router.post(
+    "/jobs/{job_id}/pause", response_model=JobPublic, responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["jobs"]
+)
+def pause_job(job: JobToPause, engine: EngineDep, settings: SettingsDep) -> JobPublic:
+    """Queued: paused at once. Running: the training checkpoints where it is (mid-epoch too) and
+    stops; the job becomes `paused` without spending an attempt."""
+    return _view(engine, settings, queue.request_pause(engine, job.id))
+
+
+@router.post(
+    "/jobs/{job_id}/resume", response_model=JobPublic, responses={**NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["jobs"]
+)
+def resume_job(job: JobToResume, engine: EngineDep, settings: SettingsDep) -> JobPublic:
+    """A paused job goes back to the queue and continues from its checkpoint."""
+    return _view(engine, settings, queue.request_resume(engine, job.id))
 
 
 @router.post(

@@ -83,6 +83,8 @@ JobToCancel = Annotated[Job, Depends(JobWrite("cancel"))]
 JobToRetry = Annotated[Job, Depends(JobWrite("retry"))]
 JobToEdit = Annotated[Job, Depends(JobWrite("edit"))]
 JobToDelete = Annotated[Job, Depends(JobWrite("delete"))]
+JobToPause = Annotated[Job, Depends(JobWrite("pause"))]
+JobToResume = Annotated[Job, Depends(JobWrite("resume"))]
 
 
 def query_names(route: APIRoute) -> list[str]:

@@ -7,12 +7,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, StringConstraints,
-    ValidationInfo, field_validator, model_validator,
+    BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, SerializerFunctionWrapHandler,
+    StringConstraints, ValidationInfo, field_validator, model_serializer, model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, Text
 from sqlmodel import SQLModel
 from sqlmodel import Field as ColumnField
 
@@ -27,11 +27,12 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # by request, at a checkpoint: not finished, not claimable until resumed
 
 
 FINISHED_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
-STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, *FINISHED_STATUSES)
+STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, JobStatus.PAUSED, *FINISHED_STATUSES)
 
 
 def _shown(character: str) -> str:
@@ -273,6 +274,11 @@ class JobCreate(BaseModel):
         description="Batches between wandb.watch histograms (each costs about a few training steps)",
     )
     tags: Tags = Field(default_factory=list, title="Tags", json_schema_extra=IN_TUTORIAL, description="W&B tags, up to 16")
+    checkpoint_every: int = Field(
+        default=1, ge=0, le=1000, title="Checkpoint every",
+        description="Write a resumable checkpoint to the artifact store every N epochs (0: never); "
+        "a requeued or paused job resumes from the last one",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -338,6 +344,14 @@ class Job(SQLModel, table=True):
     worker_id: str | None = ColumnField(default=None, max_length=128)
     cancel_requested: bool = ColumnField(default=False)
     retry_of: int | None = ColumnField(default=None, sa_column=Column(Integer, ForeignKey("jobs.id"), nullable=True))
+    pause_requested: bool = ColumnField(default=False)
+    # The last checkpoint in the store: {"epoch", "batch", "step", "at", "key", "size", "attempt"}.
+    checkpoint: dict[str, Any] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
+    resumed_from_epoch: int | None = ColumnField(default=None)
+    resumed_from_batch: int | None = ColumnField(default=None)
+    host: str | None = ColumnField(default=None, max_length=255)
+    # Every attempt's W&B run folder, in order: [{"attempt", "host", "dir", "mode"}].
+    wandb_attempts: list[dict[str, Any]] = ColumnField(default_factory=list, sa_column=Column(JSON, nullable=False))
     lease_expires_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
@@ -369,6 +383,30 @@ class JobMetric(SQLModel, table=True):
     values: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
+# A job's training output, in chunks as its worker relays them; per attempt only the last
+# TRAINBOARD_LOG_MAX_BYTES are kept (`offset` is where a chunk starts in the attempt's output).
+class JobLog(SQLModel, table=True):
+    __tablename__ = "job_logs"
+    __table_args__ = (Index("ix_job_logs_job_attempt_offset", "job_id", "attempt", "offset"),)
+
+    id: int | None = ColumnField(default=None, primary_key=True)
+    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
+    attempt: int
+    offset: int = ColumnField(sa_column=Column(BigInteger, nullable=False))
+    text: str = ColumnField(sa_column=Column(Text, nullable=False))
+
+
+# The last evaluated epoch's example predictions (small PNGs), kept with the job.
+class JobExample(SQLModel, table=True):
+    __tablename__ = "job_examples"
+
+    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True))
+    position: int = ColumnField(primary_key=True)
+    epoch: int
+    caption: str = ColumnField(max_length=256)
+    png: bytes = ColumnField(sa_column=Column(LargeBinary, nullable=False))
+
+
 # A worker process as registered: its slots and what each is running, refreshed by heartbeats.
 class Worker(SQLModel, table=True):
     __tablename__ = "workers"
@@ -376,19 +414,44 @@ class Worker(SQLModel, table=True):
     id: str = ColumnField(primary_key=True, max_length=128)
     host: str = ColumnField(max_length=255)
     pid: int
+    store: str | None = ColumnField(default=None, max_length=1024)  # its artifact store's URL, without credentials
     slots: list[dict[str, Any]] = ColumnField(default_factory=list, sa_column=Column(JSON, nullable=False))
     started_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     heartbeat_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     stopped_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
 
 
-# What W&B knows of a job's run.
+# One attempt's W&B run folder (offline runs: each attempt has its own, synced in order).
+class WandbAttemptPublic(BaseModel):
+    attempt: int
+    host: str | None
+    dir: str | None
+    sync_command: str | None
+
+
+# What W&B knows of a job's run; `mode`, `dir` and `sync_command` describe the latest attempt.
 class WandbPublic(BaseModel):
     mode: str | None
     url: str | None
     run_id: str | None
     dir: str | None
     sync_command: str | None
+    # Present once an attempt has started a run.
+    attempts: list[WandbAttemptPublic] = []
+
+    @model_serializer(mode="wrap")
+    def _attempts_once_started(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("attempts"):
+            data.pop("attempts", None)
+        return data
+
+
+# The last checkpoint the job can resume from: after `epoch` epochs and `batch` batches of the next.
+class CheckpointPublic(BaseModel):
+    epoch: int
+    batch: int
+    at: datetime
 
 
 # Why a queued job is not about to start.
@@ -421,6 +484,11 @@ class JobPublic(BaseModel):
     max_attempts: int
     retry_of: int | None
     cancel_requested: bool
+    pause_requested: bool
+    checkpoint: CheckpointPublic | None
+    resumed_from_epoch: int | None
+    resumed_from_batch: int | None
+    host: str | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -432,6 +500,14 @@ class JobPublic(BaseModel):
         cls, job: Job, queue_position: int | None = None, waiting_reason: WaitingReason | None = None
     ) -> "JobPublic":
         sync_command = f"wandb sync {job.wandb_dir}" if job.wandb_mode == "offline" and job.wandb_dir else None
+        attempts = [
+            WandbAttemptPublic(
+                attempt=entry["attempt"], host=entry.get("host"), dir=entry.get("dir"),
+                sync_command=f"wandb sync {entry['dir']}" if entry.get("mode") == "offline" and entry.get("dir") else None,
+            )
+            for entry in job.wandb_attempts or []
+        ]
+        checkpoint = job.checkpoint
         return cls(
             id=job.id,
             name=job.name,
@@ -441,7 +517,8 @@ class JobPublic(BaseModel):
             progress=job.progress,
             metrics=job.metrics,
             wandb=WandbPublic(
-                mode=job.wandb_mode, url=job.wandb_url, run_id=job.wandb_run_id, dir=job.wandb_dir, sync_command=sync_command
+                mode=job.wandb_mode, url=job.wandb_url, run_id=job.wandb_run_id, dir=job.wandb_dir,
+                sync_command=sync_command, attempts=attempts,
             ),
             artifacts=[
                 ArtifactPublic(name=a["name"], url=f"/jobs/{job.id}/artifacts/{a['name']}", size=a["size"])
@@ -454,6 +531,13 @@ class JobPublic(BaseModel):
             max_attempts=job.max_attempts,
             retry_of=job.retry_of,
             cancel_requested=job.cancel_requested,
+            pause_requested=job.pause_requested,
+            checkpoint=CheckpointPublic(
+                epoch=checkpoint["epoch"], batch=checkpoint["batch"], at=datetime.fromisoformat(checkpoint["at"])
+            ) if checkpoint else None,
+            resumed_from_epoch=job.resumed_from_epoch,
+            resumed_from_batch=job.resumed_from_batch,
+            host=job.host,
             created_at=as_utc(job.created_at),
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),
@@ -469,6 +553,7 @@ class SlotPublic(BaseModel):
     gpu_name: str | None = None
     job_id: int | None = None
     gpu: dict[str, float] | None = None
+    problem: str | None = None
 
 
 # A worker as the API shows it; `alive` from its heartbeats.
@@ -476,6 +561,7 @@ class WorkerPublic(BaseModel):
     id: str
     host: str
     pid: int
+    store: str | None
     slots: list[SlotPublic]
     started_at: datetime
     heartbeat_at: datetime

@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 
 from app import charts, forms, queue, reads, users
 from app.deps import (
-    MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToRetry, PageRoute, SettingsDep,
+    MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, PageRoute, SettingsDep,
 )
 from app.formatting import loss, param_value, percent, progress_view
 from app.models import (
@@ -224,7 +224,7 @@ def _job_context(
 ) -> dict[str, Any]:
     [public] = reads.job_views(engine, [job], settings.lease_seconds)
     points = reads.metric_points(engine, [job])[job.id]
-    log = settings.job_files(job.id).log_tail(LOG_TAIL_BYTES)
+    log = reads.read_log(engine, settings, job.id, LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
     return {
@@ -234,7 +234,7 @@ def _job_context(
         "progress": progress_view(public),
         "epochs": [values for _, values in points["epoch"]],
         "charts": charts.draw_charts([(job.name, points)]),
-        "examples": reads.read_examples(settings, job.id),
+        "examples": reads.read_examples(engine, settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
         "edit": edit or forms.edit_values(job),
@@ -269,6 +269,18 @@ def cancel_button(job: JobToCancel, engine: EngineDep) -> RedirectResponse:
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
+@shared_router.post("/jobs/{job_id}/pause")
+def pause_button(job: JobToPause, engine: EngineDep) -> RedirectResponse:
+    queue.request_pause(engine, job.id)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+@shared_router.post("/jobs/{job_id}/resume")
+def resume_button(job: JobToResume, engine: EngineDep) -> RedirectResponse:
+    queue.request_resume(engine, job.id)
+    return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
 @shared_router.post("/jobs/{job_id}/retry")
 def retry_button(original: JobToRetry, user: CurrentUser, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
     job = queue.retry(
@@ -280,7 +292,7 @@ def retry_button(original: JobToRetry, user: CurrentUser, engine: EngineDep, set
 @router.post("/jobs/{job_id}/delete")
 def delete_button(job: JobToDelete, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
     """The page's Delete (after its confirmation): DELETE /jobs/{id} for a browser's form."""
-    queue.delete_job(engine, job.id, settings.job_files(job.id))
+    queue.delete_job(engine, job.id, settings)
     return RedirectResponse("/", status_code=status.HTTP_303_SEE_OTHER)
 
 

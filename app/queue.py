@@ -21,8 +21,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
-from app.models import ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobMetric, JobStatus, JobUpdate, Worker, as_utc, utcnow
-from app.settings import JobFiles
+from app.models import (
+    ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobExample, JobLog, JobMetric, JobStatus, JobUpdate, Worker,
+    as_utc, utcnow,
+)
+from app.settings import Settings
+from app.store import StoreError
 
 log = logging.getLogger("trainboard.queue")
 
@@ -56,9 +60,11 @@ class Claim:
     worker_id: str
     name: str
     params: dict[str, Any]
+    # The job's last checkpoint in the store, which this attempt resumes from (None: from scratch).
+    checkpoint: dict[str, Any] | None = None
 
 
-RenewOutcome = Literal["ok", "cancel", "lost"]
+RenewOutcome = Literal["ok", "cancel", "pause", "lost"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +126,8 @@ def get_job(engine: Engine, job_id: int) -> Job:
 _CLAIM_SET = """
     status = 'running', worker_id = :worker_id, attempts = attempts + 1,
     lease_expires_at = {lease}, started_at = COALESCE(started_at, {now}),
-    cancel_requested = false, error = NULL, progress = :empty, metrics = :empty
+    cancel_requested = false, pause_requested = false, error = NULL, progress = :empty, metrics = :empty,
+    host = :host
 """
 # Typed, so both drivers store the datetimes as SQLAlchemy's columns do (SQLite compares them as text).
 _CLAIM_PARAMS_SQLITE = (
@@ -136,32 +143,36 @@ _CLAIM_POSTGRES = text(f"""
     )
     UPDATE jobs SET {_CLAIM_SET.format(lease="now() + make_interval(secs => :lease_seconds)", now="now()")}
     FROM next_job WHERE jobs.id = next_job.id
-    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params
-""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(id=Integer, attempts=Integer, name=String, params=JSON)
+    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params, jobs.checkpoint
+""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(id=Integer, attempts=Integer, name=String, params=JSON, checkpoint=JSON)
 
 _CLAIM_SQLITE = text(f"""
     UPDATE jobs SET {_CLAIM_SET.format(lease=":lease", now=":now")}
     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-    RETURNING id, attempts, name, params
-""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(id=Integer, attempts=Integer, name=String, params=JSON)
+    RETURNING id, attempts, name, params, checkpoint
+""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(id=Integer, attempts=Integer, name=String, params=JSON, checkpoint=JSON)
 
 
-def claim(engine: Engine, worker_id: str, lease_seconds: float) -> Claim | None:
+def claim(engine: Engine, worker_id: str, lease_seconds: float, host: str | None = None) -> Claim | None:
     """Take the oldest queued job for this worker, atomically, or None when the queue is empty."""
     if is_sqlite(engine):
         now = utcnow()
-        values = {"worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}}
+        values = {
+            "worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}, "host": host,
+        }
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
             row = connection.execute(_CLAIM_SQLITE, values).first()
             connection.commit()
     else:
-        values = {"worker_id": worker_id, "lease_seconds": lease_seconds, "empty": {}}
+        values = {"worker_id": worker_id, "lease_seconds": lease_seconds, "empty": {}, "host": host}
         with engine.connect() as connection:
             row = connection.execute(_CLAIM_POSTGRES, values).first()
             connection.commit()
     if row is None:
         return None
-    return Claim(job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params)
+    return Claim(
+        job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params, checkpoint=row.checkpoint
+    )
 
 
 def _clock(engine: Engine):
@@ -188,6 +199,11 @@ def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
     return result.rowcount == 1
 
 
+def _owns(session: Session, claim: Claim) -> bool:
+    """The fence for rows of a job's own tables: the job is still this attempt's."""
+    return session.scalar(select(func.count()).select_from(Job).where(_fence(claim))) == 1
+
+
 def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
     """Heartbeat: extend the lease. Says whether a cancel was asked for, or the job was lost."""
     with session_scope(engine) as session:
@@ -195,12 +211,14 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
             update(Job)
             .where(_fence(claim))
             .values(lease_expires_at=_clock(engine) + _seconds(engine, lease_seconds))
-            .returning(Job.cancel_requested)
+            .returning(Job.cancel_requested, Job.pause_requested)
         ).first()
         session.commit()
     if row is None:
         return "lost"
-    return "cancel" if row.cancel_requested else "ok"
+    if row.cancel_requested:
+        return "cancel"
+    return "pause" if row.pause_requested else "ok"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +226,15 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
 # ---------------------------------------------------------------------------------------------
 
 
-def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None) -> bool:
-    with session_scope(engine) as session:
+def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None, host: str | None = None) -> bool:
+    """The attempt's W&B run; its folder joins the job's list of attempt folders (synced in order)."""
+    with _write_session(engine) as session:
+        job = session.get(Job, claim.job_id)
+        earlier = [entry for entry in (job.wandb_attempts if job else []) if entry.get("attempt") != claim.attempt]
+        attempts = [*earlier, {"attempt": claim.attempt, "host": host, "dir": run_dir and run_dir[:1024], "mode": mode}]
         owned = _fenced_update(
             session, claim, wandb_mode=mode, wandb_url=url and url[:512], wandb_run_id=run_id and run_id[:128],
-            wandb_dir=run_dir and run_dir[:1024], note=note and note[:1024],
+            wandb_dir=run_dir and run_dir[:1024], note=note and note[:1024], wandb_attempts=attempts[-100:],
         )
         session.commit()
     return owned
@@ -241,6 +263,88 @@ def record_progress(
     return owned
 
 
+def append_log(engine: Engine, claim: Claim, offset: int, text: str, *, max_bytes: int) -> bool:
+    """Append a chunk of the attempt's output (starting at byte `offset` of it), then drop the
+    attempt's oldest chunks while more than max_bytes are kept."""
+    with session_scope(engine) as session:
+        owned = _owns(session, claim)
+        if owned:
+            session.add(JobLog(job_id=claim.job_id, attempt=claim.attempt, offset=offset, text=text))
+            end = offset + len(text.encode())
+            this_attempt = (JobLog.job_id == claim.job_id) & (JobLog.attempt == claim.attempt)
+            session.execute(delete(JobLog).where(this_attempt & (JobLog.offset < end - max_bytes) & (JobLog.offset < offset)))
+        session.commit()
+    return owned
+
+
+def record_examples(engine: Engine, claim: Claim, epoch: int, examples: list[tuple[str, bytes]]) -> bool:
+    """The epoch's example predictions (caption, PNG) replace the previous epoch's."""
+    with session_scope(engine) as session:
+        owned = _owns(session, claim)
+        if owned:
+            session.execute(delete(JobExample).where(JobExample.job_id == claim.job_id))
+            session.add_all(
+                JobExample(job_id=claim.job_id, position=position, epoch=epoch, caption=caption[:256], png=png)
+                for position, (caption, png) in enumerate(examples)
+            )
+        session.commit()
+    return owned
+
+
+def record_checkpoint(engine: Engine, claim: Claim, checkpoint: dict[str, Any]) -> bool:
+    """A checkpoint is in the store: the job resumes from it from now on."""
+    with session_scope(engine) as session:
+        owned = _fenced_update(session, claim, checkpoint={**checkpoint, "attempt": claim.attempt})
+        session.commit()
+    return owned
+
+
+def _checkpointed(checkpoint: dict[str, Any]):
+    """The metric points a checkpoint covers: its finished epochs, and train loss up to its step."""
+    return ((JobMetric.kind == "epoch") & (JobMetric.step <= checkpoint["epoch"])) | (
+        (JobMetric.kind == "train") & (JobMetric.step <= checkpoint["step"])
+    )
+
+
+def start_from_checkpoint(engine: Engine, claim: Claim) -> bool:
+    """A resumed attempt takes over the history its checkpoint covers; the points an earlier
+    attempt recorded after it are dropped, since this attempt records them again."""
+    checkpoint = claim.checkpoint
+    with session_scope(engine) as session:
+        covered = session.scalars(
+            select(JobMetric).where((JobMetric.job_id == claim.job_id) & _checkpointed(checkpoint)
+                                    & (JobMetric.kind == "epoch")).order_by(col(JobMetric.step).desc()).limit(1)
+        ).first()
+        owned = _fenced_update(
+            session, claim,
+            resumed_from_epoch=checkpoint["epoch"], resumed_from_batch=checkpoint["batch"],
+            progress=checkpoint.get("progress") or {}, metrics=covered.values if covered is not None else {},
+        )
+        if owned:
+            this_job = JobMetric.job_id == claim.job_id
+            session.execute(delete(JobMetric).where(this_job & ~_checkpointed(checkpoint)))
+            session.execute(update(JobMetric).where(this_job).values(attempt=claim.attempt))
+        session.commit()
+    return owned
+
+
+def pause(engine: Engine, claim: Claim) -> bool:
+    """The child stopped at a checkpoint as asked: the job waits, paused, without spending the
+    attempt. A cancel asked for meanwhile wins."""
+    with session_scope(engine) as session:
+        cancelled = session.execute(
+            update(Job).where(_fence(claim) & Job.cancel_requested).values(
+                status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
+            )
+        ).rowcount
+        owned = cancelled == 1 or _fenced_update(
+            session, claim, status=JobStatus.PAUSED, worker_id=None, lease_expires_at=None,
+            attempts=Job.attempts - 1, pause_requested=False,
+        )
+        session.commit()
+    return owned
+
+
 def finish(
     engine: Engine,
     claim: Claim,
@@ -265,9 +369,12 @@ def release(engine: Engine, claim: Claim) -> bool:
     """Put a job back in the queue without spending an attempt (the worker is shutting down).
 
     The attempt is undone: its metric points go, so the next run of the same attempt number
-    starts a clean history. A job whose cancel was asked for meanwhile ends cancelled instead.
+    starts a clean history, except those its checkpoint covers, which the next run resumes
+    from. A job whose cancel was asked for meanwhile ends cancelled instead.
     """
     with session_scope(engine) as session:
+        job = session.get(Job, claim.job_id)
+        checkpoint = job.checkpoint if job is not None else None
         cancelled = session.execute(
             update(Job).where(_fence(claim) & Job.cancel_requested).values(
                 status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
@@ -278,9 +385,10 @@ def release(engine: Engine, claim: Claim) -> bool:
             progress={}, metrics={},
         )
         if owned and not cancelled:
-            session.execute(
-                delete(JobMetric).where((JobMetric.job_id == claim.job_id) & (JobMetric.attempt == claim.attempt))
-            )
+            undone = (JobMetric.job_id == claim.job_id) & (JobMetric.attempt == claim.attempt)
+            if checkpoint is not None:
+                undone = undone & ~_checkpointed(checkpoint)
+            session.execute(delete(JobMetric).where(undone))
             _notify(session)
         session.commit()
     return owned
@@ -292,8 +400,8 @@ def release(engine: Engine, claim: Claim) -> bool:
 
 
 def request_cancel(engine: Engine, job_id: int) -> Job:
-    """A queued job ends at once; a running one is flagged for its worker, which stops the child."""
-    queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
+    """A queued or paused job ends at once; a running one is flagged for its worker, which stops the child."""
+    queued = (Job.id == job_id) & Job.status.in_((JobStatus.QUEUED, JobStatus.PAUSED))
     running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING)
     # Conditional updates rather than read-then-write, so a job that changes state meanwhile
     # (claimed, finished) is judged by the state it has when the cancel lands.
@@ -308,6 +416,40 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
         raise JobNotFound(job_id)
     if not changed:
         raise JobStateConflict(job_id, job.status, "cancel")
+    return job
+
+
+def request_pause(engine: Engine, job_id: int) -> Job:
+    """A queued job is paused at once; a running one is flagged for its worker, whose child
+    checkpoints where it is and exits."""
+    queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
+    running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING) & ~Job.cancel_requested
+    with _write_session(engine) as session:
+        changed = session.execute(update(Job).where(queued).values(status=JobStatus.PAUSED)).rowcount
+        changed = changed or session.execute(update(Job).where(running).values(pause_requested=True)).rowcount
+        job = session.get(Job, job_id)
+        session.commit()
+    if job is None:
+        raise JobNotFound(job_id)
+    if not changed:
+        raise JobStateConflict(job_id, job.status, "pause")
+    return job
+
+
+def request_resume(engine: Engine, job_id: int) -> Job:
+    """A paused job goes back to the queue; its next attempt starts from its checkpoint."""
+    with _write_session(engine) as session:
+        changed = session.execute(
+            update(Job).where((Job.id == job_id) & (Job.status == JobStatus.PAUSED)).values(status=JobStatus.QUEUED)
+        ).rowcount
+        job = session.get(Job, job_id)
+        if changed:
+            _notify(session)
+        session.commit()
+    if job is None:
+        raise JobNotFound(job_id)
+    if not changed:
+        raise JobStateConflict(job_id, job.status, "resume")
     return job
 
 
@@ -342,8 +484,9 @@ def update_job(engine: Engine, job_id: int, changes: JobUpdate) -> Job:
     return job
 
 
-def delete_job(engine: Engine, job_id: int, files: JobFiles) -> None:
-    """Remove a finished job: its row, its metric points and its folder (model, log, W&B run).
+def delete_job(engine: Engine, job_id: int, settings: Settings) -> None:
+    """Remove a finished job: its row, its metric points, log and examples, its objects in the
+    artifact store (model, checkpoint) and what earlier versions kept in its local folder.
 
     A retry that points at it keeps working, unlinked. Its outcome and times stay in deleted_jobs,
     so the counters and histograms of /metrics never go down.
@@ -358,16 +501,17 @@ def delete_job(engine: Engine, job_id: int, files: JobFiles) -> None:
             id=job.id, status=job.status, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
         ))
         session.execute(update(Job).where(Job.retry_of == job_id).values(retry_of=None))
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
+        for table in (JobMetric, JobLog, JobExample):
+            session.execute(delete(table).where(table.job_id == job_id))
         session.execute(delete(Job).where(Job.id == job_id))
         session.commit()
     log.info("job %d deleted", job_id, extra={"job_id": job_id})
+    folder = settings.job_files(job_id).root
     try:
-        shutil.rmtree(files.root)
-    except FileNotFoundError:
-        pass  # a job cancelled before it started has no folder
-    except OSError as exc:
-        log.warning("job %d deleted, but its folder %s could not be removed: %s", job_id, files.root, exc)
+        settings.store.delete_job(job_id)
+        shutil.rmtree(folder, ignore_errors=not folder.exists())
+    except (StoreError, OSError) as exc:
+        log.warning("job %d deleted, but its files could not all be removed: %s", job_id, exc)
 
 
 def record_synced(engine: Engine, job_id: int, *, url: str | None) -> bool:

@@ -23,7 +23,8 @@ from sqlmodel import Session, col
 from app import charts, queue
 from app.db import is_sqlite, session_scope
 from app.models import (
-    FINISHED_STATUSES, Job, JobMetric, JobPublic, JobStatus, WaitingReason, Worker, WorkerPublic, as_utc, utcnow,
+    FINISHED_STATUSES, Job, JobExample, JobLog, JobMetric, JobPublic, JobStatus, WaitingReason, Worker, WorkerPublic, as_utc,
+    utcnow,
 )
 from app.settings import Settings
 
@@ -312,13 +313,71 @@ def offline_runs(engine: Engine, job_id: int | None = None) -> list[Job]:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_examples(settings: Settings, job_id: int) -> dict[str, Any] | None:
-    """The last evaluated epoch's "Examples": {"epoch", "examples": [{"file", "caption"}]}, or None."""
+def read_log(engine: Engine, settings: Settings, job_id: int, offset: int | None, max_bytes: int) -> tuple[str, int]:
+    """Up to max_bytes of the job's training output, every attempt's in order: from `offset` on,
+    or its last max_bytes when offset is None; and the offset the text ends at. From the database,
+    so any host's app shows it; where the database kept only an attempt's last bytes, a line says
+    how many were dropped. Jobs from before logs were kept in the database read their log file."""
+    query = select(JobLog.attempt, JobLog.offset, JobLog.text).where(JobLog.job_id == job_id)
+    with session_scope(engine) as session:
+        chunks = session.execute(query.order_by(JobLog.attempt, JobLog.offset)).all()
+    if not chunks:
+        return settings.job_files(job_id).read_log(offset, max_bytes)
+    parts, previous = [], None
+    for attempt, chunk_offset, text in chunks:
+        if attempt != previous and chunk_offset > 0:
+            parts.append(f"[trainboard: the first {chunk_offset:,} bytes of attempt {attempt}'s output were dropped; "
+                         f"the last {settings.log_max_bytes:,} bytes of each attempt are kept]\n")
+        previous = attempt
+        parts.append(text)
+    log = "".join(parts).encode()
+    start = max(0, len(log) - max_bytes) if offset is None else min(offset, len(log))
+    data = log[start:start + max_bytes]
+    return data.decode("utf-8", errors="replace"), start + len(data)
+
+
+def read_examples(engine: Engine, settings: Settings, job_id: int) -> dict[str, Any] | None:
+    """The last evaluated epoch's "Examples": {"epoch", "examples": [{"file", "caption"}]}, or None.
+    From the database; jobs from before examples were kept there read the local store's folder."""
+    query = select(JobExample.position, JobExample.epoch, JobExample.caption).where(JobExample.job_id == job_id)
+    with session_scope(engine) as session:
+        rows = session.execute(query.order_by(JobExample.position)).all()
+    if rows:
+        return {"epoch": rows[0].epoch, "examples": [{"file": f"{row.position:02d}.png", "caption": row.caption} for row in rows]}
     try:
         manifest = json.loads(settings.job_files(job_id).examples_manifest.read_text())
     except (FileNotFoundError, ValueError):
         return None
     return manifest if manifest.get("examples") else None
+
+
+def missing_artifact_reason(settings: Settings, job_id: int, artifact: dict[str, Any]) -> str:
+    """Why a listed artifact is not in this app's store: most often, a worker on another host
+    wrote it to that host's own local store."""
+    store = settings.store
+    written_to, host = artifact.get("store"), artifact.get("host")
+    fix = "configure TRAINBOARD_ARTIFACTS_URL to one store shared by the app and every worker"
+    if written_to and "://" not in written_to and host and host != settings.host_name:
+        return f"artifact {artifact['name']!r} of job {job_id} is stored on host {host}'s local disk ({written_to}); {fix}"
+    if written_to and written_to != store.public_url:
+        return f"artifact {artifact['name']!r} of job {job_id} is in the store {written_to}, not in this app's {store.public_url}; {fix}"
+    return f"artifact {artifact['name']!r} of job {job_id} is missing from the store {store.public_url}"
+
+
+def read_example_png(engine: Engine, settings: Settings, job_id: int, name: str) -> bytes | None:
+    """One example's PNG by the file name read_examples gives it, or None."""
+    manifest = read_examples(engine, settings, job_id)
+    if manifest is None or name not in {example["file"] for example in manifest["examples"]}:
+        return None
+    position = int(name.removesuffix(".png")) if name.removesuffix(".png").isdigit() else -1
+    with session_scope(engine) as session:
+        png = session.scalar(select(JobExample.png).where((JobExample.job_id == job_id) & (JobExample.position == position)))
+    if png is not None:
+        return bytes(png)
+    try:
+        return (settings.job_files(job_id).examples_dir / name).read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,6 +398,7 @@ def worker_views(engine: Engine, lease_seconds: float, now: datetime) -> list[Wo
             id=worker.id,
             host=worker.host,
             pid=worker.pid,
+            store=worker.store,
             slots=worker.slots,
             started_at=as_utc(worker.started_at),
             heartbeat_at=as_utc(worker.heartbeat_at),

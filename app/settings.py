@@ -1,14 +1,19 @@
 """Settings for the app and the workers: environment variables prefixed TRAINBOARD_, or `.env`."""
 
+import logging
+import socket
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.store import ArtifactStore
+
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+log = logging.getLogger("trainboard.settings")
 
 
 class Settings(BaseSettings):
@@ -20,7 +25,24 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("var/data"), description="Where data sets are downloaded and cached")
     artifacts_dir: Path = Field(
-        default=Path("var/artifacts"), description="Model files, job logs and W&B run folders"
+        default=Path("var/artifacts"),
+        description="The artifact store as a local directory, when TRAINBOARD_ARTIFACTS_URL is unset",
+    )
+    artifacts_url: str | None = Field(
+        default=None, max_length=1024,
+        description="The artifact store shared by the app and every worker: a local path, or s3://bucket/prefix "
+        "(endpoint and credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION)",
+    )
+    work_dir: Path = Field(
+        default=Path("var/work"), description="This host's scratch: W&B run folders, checkpoint staging, job logs"
+    )
+    host_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=255,
+        description="The host's name in jobs and on /workers (default: the hostname)",
+    )
+    log_max_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=4096, le=1024**3,
+        description="Per job attempt, the most bytes of training output kept in the database (the last ones)",
     )
     cifar_verify: bool = Field(default=True, description="Verify CIFAR-10 checksums")
     wandb_mode: WandbMode = Field(
@@ -50,8 +72,24 @@ class Settings(BaseSettings):
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token and self.token.get_secret_value() else None
 
+    @property
+    def store_url(self) -> str:
+        """TRAINBOARD_ARTIFACTS_URL, else TRAINBOARD_ARTIFACTS_DIR."""
+        return self.artifacts_url or str(self.artifacts_dir)
+
+    @cached_property
+    def store(self) -> ArtifactStore:
+        if self.artifacts_url and "artifacts_dir" in self.model_fields_set:
+            log.warning("TRAINBOARD_ARTIFACTS_URL is set, so TRAINBOARD_ARTIFACTS_DIR=%s is ignored", self.artifacts_dir)
+        return ArtifactStore(self.store_url)
+
     def job_dir(self, job_id: int) -> Path:
+        """A job's folder in a local store: where versions before the shared store kept its log and examples."""
         return self.artifacts_dir / "jobs" / str(job_id)
+
+    def scratch_dir(self, job_id: int) -> Path:
+        """This host's working folder for the job: its W&B run folders, checkpoints before upload, its log."""
+        return self.work_dir / "jobs" / str(job_id)
 
     def job_files(self, job_id: int) -> "JobFiles":
         return JobFiles(self.job_dir(job_id))

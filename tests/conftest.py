@@ -171,6 +171,7 @@ class Stack:
             "TRAINBOARD_DATABASE_URL": database_url,
             "TRAINBOARD_DATA_DIR": str(data_dir),
             "TRAINBOARD_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+            "TRAINBOARD_WORK_DIR": str(tmp_path / "work"),
             "TRAINBOARD_CIFAR_VERIFY": "false",
             "TRAINBOARD_WANDB_MODE": "offline",
             "TRAINBOARD_POLL_SECONDS": "0.2",
@@ -184,11 +185,12 @@ class Stack:
         self.log_files: list = []
         self.client = httpx.Client(base_url=self.base_url, timeout=30)
 
-    def _start(self, name: str, *args: str) -> subprocess.Popen:
+    def _start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.tmp_path / f"{name}-{len(self.processes)}.log", "wb")
         self.log_files.append(log)
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=self.env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app.cli", *args], env={**self.env, **(env or {})}, cwd=self.tmp_path,
+            stdout=log, stderr=subprocess.STDOUT,
         )
         self.processes.append(process)
         return process
@@ -206,8 +208,16 @@ class Stack:
         wait_for(healthy, 60, message="the app to answer /healthz")
         return process
 
-    def worker(self, *args: str) -> subprocess.Popen:
-        return self._start("worker", "worker", "--gpus", "none", *args)
+    def worker(self, *args: str, host: str | None = None) -> subprocess.Popen:
+        """A worker; with `host`, as if on another machine: its own name, scratch and local store."""
+        env = None
+        if host is not None:
+            env = {
+                "TRAINBOARD_HOST_NAME": host,
+                "TRAINBOARD_WORK_DIR": str(self.tmp_path / host / "work"),
+                "TRAINBOARD_ARTIFACTS_DIR": str(self.tmp_path / host / "artifacts"),
+            }
+        return self._start("worker", "worker", "--gpus", "none", *args, env=env)
 
     def submit(self, **params) -> dict:
         response = self.client.post("/jobs", json=params)
@@ -253,6 +263,53 @@ def make_stack(tmp_path: Path, cifar_dir: Path) -> Iterator[Callable[..., Stack]
     yield factory
     for stack in stacks:
         stack.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# An S3 API: moto's standalone server, a process of its own, with a bucket per test
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """The endpoint of a running moto S3 server."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    binary = Path(sys.executable).parent / "moto_server"
+    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert process.poll() is None, "moto_server exited"
+        try:
+            return httpx.get(endpoint, timeout=2).status_code < 500
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, 60, message="moto_server to answer")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch) -> dict[str, str]:
+    """AWS_* for the server and TRAINBOARD_ARTIFACTS_URL naming a fresh bucket, also set in this
+    process (for in-process stores)."""
+    import boto3
+
+    bucket = f"trainboard-{os.urandom(4).hex()}"
+    env = {
+        "AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret-value",
+        "AWS_DEFAULT_REGION": "us-east-1", "TRAINBOARD_ARTIFACTS_URL": f"s3://{bucket}/runs",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return env
 
 
 # Small enough for seconds per job on two cores, large enough to learn.

@@ -68,6 +68,23 @@ def test_services_are_hardened_and_keep_their_data_in_named_volumes(config):
             "/var/lib/trainboard/wandb"} <= targets
 
 
+def test_minio_profile_adds_the_shared_store_and_its_bucket():
+    assert "minio" not in compose_config()["services"]
+    services = compose_config("minio")["services"]
+    assert {"minio", "minio-bucket"} <= set(services)
+    # The app and the worker start only after the bucket exists, when the profile is on.
+    for name in ("app", "worker"):
+        assert services[name]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    for name in ("minio", "minio-bucket"):
+        assert "no-new-privileges:true" in services[name]["security_opt"] and services[name]["cap_drop"] == ["ALL"]
+    assert services["minio"]["ports"][0]["host_ip"] == "127.0.0.1"
+
+
+def test_scratch_has_a_volume_of_its_own(config):
+    targets = {volume["target"] for volume in config["services"]["worker"]["volumes"]}
+    assert "/var/lib/trainboard/work" in targets
+
+
 def test_env_example_names_the_secrets():
     keys = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines() if "=" in line and not line.startswith("#")}
     assert {"TRAINBOARD_TOKEN", "WANDB_API_KEY", "WANDB_ENTITY"} <= keys

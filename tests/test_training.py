@@ -1,29 +1,36 @@
 """The training engine in-process (worker/train.py, data.py, tracking.py) and the job fields that
 drive it (presets in app/presets.py, JobCreate): every option trains, the recipe learns, seeds
-repeat, metrics mean what the tutorial's mean, the CIFAR-10 tensor cache follows its files."""
+repeat, metrics mean what the tutorial's mean, a resumed job ends as if never interrupted, the
+CIFAR-10 tensor cache follows its files."""
 
+import base64
+import io
 import math
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from pydantic import ValidationError
 
 from app.models import JobCreate
 from app.presets import FAST94, PRESETS, TUTORIAL, resolve
 from app.settings import JobFiles
 from tests.conftest import write_cifar10
+from tests.support.child import SpawnedChild
 from tests.support.tutorial import tutorial_loop
 from worker import train
 from worker.data import CIFAR_CACHE_NAME, ImageSet, cifar10, synthetic
 from worker.nets import PaddingAwareConv2d, build_model, live_taps, skip_padding_taps
-from worker.reporter import RecordingReporter
+from worker.protocol import CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Progress, Result
+from worker.reporter import CheckpointRequest, RecordingReporter
 
 TINY = {
     "dataset": "synthetic",
@@ -155,6 +162,18 @@ def test_each_option_trains_a_tiny_job(tmp_path, fields):
     assert recorder.wandb_events == [{"mode": "disabled", "url": None, "run_id": None, "run_dir": None, "note": None}]
 
 
+def test_each_evaluated_epoch_reports_its_examples_as_pngs_with_captions(tmp_path):
+    recorder = train_job(tmp_path, epochs=2, test_subset=48, test_batch_size=16)
+    assert [event.epoch for event in recorder.examples] == [1, 2]
+    [*_, last] = recorder.examples
+    assert len(last.examples) == 3  # the first image of each test batch
+    for example in last.examples:
+        assert re.fullmatch(r"Pred:\w+ Truth:\w+", example.caption)
+        image = Image.open(io.BytesIO(base64.b64decode(example.png_base64)))
+        assert (image.format, image.size, image.mode) == ("PNG", (32, 32), "RGB")
+    assert not (tmp_path / "job" / "examples").exists()
+
+
 @pytest.mark.parametrize("watch", ["all", "gradients", "parameters", "off"])
 def test_wandb_watch_runs_offline(tmp_path, watch, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -240,6 +259,171 @@ def test_the_learning_rate_warms_up_then_follows_its_schedule(schedule):
         assert set(rates[20:]) == {0.2}
     else:
         assert all(a >= b for a, b in zip(rates[20:], rates[21:])) and rates[-1] < 0.01
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and resume
+# ---------------------------------------------------------------------------------------------
+
+# Every source of randomness and every piece of state a resume must restore is in play: augmentation
+# draws, a schedule by step, momentum; four batches an epoch, so that one can stop mid-epoch.
+RESUMABLE = {
+    "epochs": 4, "batch_size": 8, "train_subset": 32, "test_subset": 16, "augment": "flip_crop_cutout",
+    "lr_schedule": "onecycle", "warmup_fraction": 0.25, "momentum": 0.9, "deterministic": True,
+}
+
+
+class StoppingReporter(RecordingReporter):
+    """Records like the fake it extends, and the progress of every Progress event; asks for a
+    checkpoint through the handler CHECKPOINT_SIGNAL calls in a child once `stop_when` holds for an event."""
+
+    def __init__(self, stop_when: Callable[[Event], bool] | None = None):
+        super().__init__()
+        self.request = CheckpointRequest()
+        self.stop_when = stop_when
+        self.progress: list[dict[str, Any]] = []
+
+    def report(self, event: Event) -> None:
+        super().report(event)
+        if isinstance(event, Progress):
+            self.progress.append(event.progress)
+        if self.stop_when is not None and self.stop_when(event):
+            self.request.ask()
+
+
+def resumable_job(
+    folder: Path, stop_when: Callable[[Event], bool] | None = None, resume_from: Path | None = None, **fields: Any
+) -> StoppingReporter:
+    params = JobCreate.model_validate({**TINY, **RESUMABLE, **fields})
+    recorder = StoppingReporter(stop_when)
+    folder.mkdir()
+    train.run(
+        params, name="resumable", files=JobFiles(folder), data_dir=folder, cifar_verify=False, reporter=recorder,
+        resume_from=resume_from, checkpoint_request=recorder.request,
+    )
+    return recorder
+
+
+def after_epoch(epoch: int) -> Callable[[Event], bool]:
+    return lambda event: isinstance(event, Progress) and event.metrics is not None and event.metrics["epoch"] == epoch
+
+
+def after_batch(epoch: int, batch: int) -> Callable[[Event], bool]:
+    return lambda event: isinstance(event, Progress) and any(
+        kind == "train" and (values["epoch"], values["batch"]) == (epoch, batch) for kind, _, values in event.points
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[StoppingReporter, dict[str, torch.Tensor]]:
+    folder = tmp_path_factory.mktemp("uninterrupted") / "job"
+    recorder = resumable_job(folder)
+    return recorder, torch.load(folder / "model.pth", weights_only=True)
+
+
+def assert_ends_as_uninterrupted(
+    first: StoppingReporter, resumed: StoppingReporter, folder: Path, uninterrupted: tuple[StoppingReporter, dict]
+) -> None:
+    reference, reference_weights = uninterrupted
+    final, expected = resumed.final["metrics"], reference.final["metrics"]
+    assert abs(final["test_accuracy"] - expected["test_accuracy"]) <= 1e-6
+    assert abs(final["test_loss"] - expected["test_loss"]) <= 1e-6
+    weights = torch.load(folder / "model.pth", weights_only=True)
+    assert weights.keys() == reference_weights.keys()
+    assert all(torch.equal(weights[name], reference_weights[name]) for name in weights)
+    # Each batch trained once, in the same order, to the same loss: none repeated, none skipped.
+    assert first.train_points + resumed.train_points == reference.train_points
+    measured = ("epoch", "test_accuracy", "test_loss", "train_loss")
+    assert [[epoch[key] for key in measured] for epoch in first.epochs + resumed.epochs] == [
+        [epoch[key] for key in measured] for epoch in reference.epochs
+    ]
+
+
+def test_a_job_stopped_after_epoch_2_of_4_and_resumed_ends_as_if_never_stopped(tmp_path, uninterrupted, capsys):
+    first = resumable_job(tmp_path / "first", stop_when=after_epoch(2))
+    assert first.final is None  # the slot asked for the checkpoint: no result
+    assert [(saved.epoch, saved.batch, saved.step) for saved in first.checkpoints] == [(1, 0, 4), (2, 0, 8)]
+    [*_, checkpoint] = first.checkpoints
+    assert checkpoint.path == tmp_path / "first" / "checkpoints" / "checkpoint-e2-b0.pt" and checkpoint.path.is_file()
+    assert checkpoint.progress == {"epoch": 2, "epochs": 4, "batch": 4, "batches": 4}
+
+    resumed = resumable_job(tmp_path / "resumed", resume_from=checkpoint.path)
+    assert "trainboard: resumed from the checkpoint after epoch 2, batch 0\n" in capsys.readouterr().out
+    assert [epoch["epoch"] for epoch in resumed.epochs] == [3, 4]
+    assert all((progress["epoch"], progress["batch"]) > (2, 0) for progress in resumed.progress)
+    assert_ends_as_uninterrupted(first, resumed, tmp_path / "resumed", uninterrupted)
+
+
+def test_a_job_stopped_mid_epoch_and_resumed_repeats_no_batch_and_ends_as_if_never_stopped(tmp_path, uninterrupted, capsys):
+    first = resumable_job(tmp_path / "first", stop_when=after_batch(2, 3))
+    assert first.final is None and [epoch["epoch"] for epoch in first.epochs] == [1]
+    [*_, checkpoint] = first.checkpoints
+    assert (checkpoint.epoch, checkpoint.batch, checkpoint.step) == (1, 3, 7)
+    assert checkpoint.progress == {"epoch": 1, "epochs": 4, "batch": 3, "batches": 4}
+    assert torch.load(checkpoint.path, weights_only=True)["epoch_state"]["order"].shape == (32,)
+
+    resumed = resumable_job(tmp_path / "resumed", resume_from=checkpoint.path)
+    assert "trainboard: resumed from the checkpoint after epoch 1, batch 3\n" in capsys.readouterr().out
+    assert (resumed.train_points[0]["epoch"], resumed.train_points[0]["batch"]) == (2, 4)
+    assert all((progress["epoch"], progress["batch"]) > (1, 3) for progress in resumed.progress)
+    assert_ends_as_uninterrupted(first, resumed, tmp_path / "resumed", uninterrupted)
+
+
+def test_a_checkpoint_holds_what_a_resume_needs(uninterrupted):
+    reference, _ = uninterrupted
+    [*_, saved] = reference.checkpoints
+    checkpoint = torch.load(saved.path, weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]) == (4, 0, 16)
+    assert checkpoint["metrics"] == reference.epochs[-1] and checkpoint["epoch_state"] is None
+    assert checkpoint["wandb_run_id"] is None  # W&B disabled
+    assert set(checkpoint["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert {"model", "optimizer", "scaler"} <= set(checkpoint)
+    assert all("momentum_buffer" in state for state in checkpoint["optimizer"]["state"].values())
+    assert not list(saved.path.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize(("every", "epochs"), [(0, []), (2, [2, 4])])
+def test_checkpoint_every_n_epochs_writes_after_those_epochs_only(tmp_path, every, epochs):
+    recorder = resumable_job(tmp_path / "job", checkpoint_every=every, train_subset=16)
+    assert [saved.epoch for saved in recorder.checkpoints] == epochs
+    assert all(saved.batch == 0 for saved in recorder.checkpoints)
+    written = sorted(path.name for path in (tmp_path / "job" / "checkpoints").glob("*")) if epochs else []
+    assert written == sorted(f"checkpoint-e{epoch}-b0.pt" for epoch in epochs)
+    assert recorder.final is not None
+
+
+def test_a_resumed_job_continues_its_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    fields = {"epochs": 2, "train_subset": 16, "wandb_mode": "offline"}
+    first = resumable_job(tmp_path / "first", stop_when=after_epoch(1), **fields)
+    [saved] = first.checkpoints
+    resumed = resumable_job(tmp_path / "resumed", resume_from=saved.path, **fields)
+    [started], [continued] = first.wandb_events, resumed.wandb_events
+    assert torch.load(saved.path, weights_only=True)["wandb_run_id"] == started["run_id"] is not None
+    assert continued["run_id"] == started["run_id"]
+    assert continued["run_dir"] != started["run_dir"]  # offline: a folder per attempt
+    assert resumed.final is not None
+
+
+def test_the_child_on_the_checkpoint_signal_checkpoints_mid_epoch_and_exits_0_without_a_result(tmp_path):
+    """A real `python -m worker.child`, spawned as a worker slot does."""
+    params = JobCreate.model_validate({**TINY, "epochs": 2, "batch_size": 8, "train_subset": 512})
+    spec = ChildSpec(name="signalled", params=params, job_dir=tmp_path, data_dir=tmp_path, cifar_verify=False)
+    events = []
+    with SpawnedChild(spec, tmp_path / "job.log") as child:
+        for event in child.events(timeout=300):
+            events.append(event)
+            if after_batch(1, 1)(event):
+                child.process.send_signal(CHECKPOINT_SIGNAL)
+        assert child.process.wait(timeout=60) == 0, (tmp_path / "job.log").read_text()
+    [saved] = [event for event in events if isinstance(event, CheckpointSaved)]
+    assert not [event for event in events if isinstance(event, Result)]
+    assert saved.epoch == 0 and 1 <= saved.batch < 64  # mid-epoch, where the signal found it
+    trained = [values["batch"] for event in events if isinstance(event, Progress) for _, _, values in event.points]
+    assert trained == list(range(1, saved.batch + 1))
+    checkpoint = torch.load(saved.path, weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["batch"], checkpoint["epoch_state"]["batch"]) == (0, saved.batch, saved.batch)
+    build_model("resnet18", pretrained=False).load_state_dict(checkpoint["model"])
 
 
 # ---------------------------------------------------------------------------------------------

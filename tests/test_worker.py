@@ -83,7 +83,7 @@ def alive(pid: int) -> bool:
 
 def wait_child(tmp_path: Path, job_id: int) -> int:
     """The pid of the job's training process, once a slot of the stack in tmp_path has started it."""
-    folder = Settings(artifacts_dir=tmp_path / "artifacts", _env_file=None).job_dir(job_id)
+    folder = Settings(work_dir=tmp_path / "work", _env_file=None).scratch_dir(job_id)
     return wait_for(lambda: training_child(folder), 10, message="the training child")
 
 

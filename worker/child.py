@@ -2,7 +2,7 @@
 
 It reads its job (a ChildSpec, worker/protocol.py) from stdin, reports over the pipe named by
 TRAINBOARD_REPORT_FD, writes its output to the job's log (its stdout and stderr), and dies with
-its worker.
+its worker. SIGTERM stops it at once; CHECKPOINT_SIGNAL after a checkpoint, with exit code 0.
 """
 
 import ctypes
@@ -12,8 +12,8 @@ import sys
 import traceback
 
 from app.settings import JobFiles
-from worker.protocol import ChildSpec, Failure
-from worker.reporter import PipeReporter, first_line
+from worker.protocol import CHECKPOINT_SIGNAL, ChildSpec, Failure
+from worker.reporter import CheckpointRequest, PipeReporter, first_line
 
 PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
 PR_SET_PDEATHSIG = 1
@@ -38,6 +38,10 @@ def main() -> int:
     die_with_parent()
     # SIGTERM (cancel, worker shutdown) unwinds normally, so the W&B run is closed properly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    # Before the slow imports: the signal's default action would end the process. The training
+    # checkpoints where it is and returns without a result; the slot knows it asked.
+    checkpoint_request = CheckpointRequest()
+    signal.signal(CHECKPOINT_SIGNAL, checkpoint_request.ask)
     spec = ChildSpec.model_validate_json(sys.stdin.buffer.read())
     reporter = PipeReporter.from_environment()
 
@@ -53,6 +57,8 @@ def main() -> int:
             data_dir=spec.data_dir,
             cifar_verify=spec.cifar_verify,
             reporter=reporter,
+            resume_from=spec.resume_from,
+            checkpoint_request=checkpoint_request,
         )
     except (DataError, WeightsError) as exc:
         traceback.print_exc()

@@ -1,14 +1,19 @@
-"""One attempt of one job in one slot, in four parts that each own one concern.
+"""One attempt of one job in one slot, in parts that each own one concern.
 
-- `ChildProcess` starts the training child (`python -m worker.child`): its environment, its
-  ChildSpec on stdin, its output appended to the job's log; and stops it, as a process group.
+- `ChildProcess` starts the training child (`python -m worker.child`) in the job's scratch folder
+  on this host: its environment, its ChildSpec on stdin; and stops it, as a process group, or
+  asks it to checkpoint where it is and exit.
+- `LogRelay` copies the child's output to the scratch folder's log and hands it over in chunks
+  for the database, so any host's app shows it.
 - `EventPump` reads the child's events off the pipe and buffers progress and metrics until the
-  next flush; it keeps the result or the failure for the end.
+  next flush; it keeps the result or the failure for the end. Checkpoints go to
+  worker/transfers.py's uploads, examples to the database.
 - `Lease` renews the job's lease every heartbeat and fences every write; once one finds the job is
   not ours, or the lease cannot be renewed in time, nothing more is written.
 - `JobRun` coordinates them until the child ends, and records how the attempt ended (`Ending`).
 """
 
+import base64
 import logging
 import os
 import signal
@@ -19,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from enum import Enum
 from queue import Empty, Queue
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -26,11 +32,15 @@ from sqlalchemy import Engine
 
 from app import queue
 from app.models import JobCreate, JobStatus
-from app.settings import JobFiles, Settings
+from app.settings import JobFiles, Settings, wandb_environment
+from app.store import StoreError, StoreMisconfigured, StoreUnavailable
 from worker.child import PARENT_PID_ENV
-from worker.protocol import ChildSpec, Event, Failure, Progress, Result, WandbStarted, decode
+from worker.protocol import (
+    CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Examples, Failure, Progress, Result, WandbStarted, decode,
+)
 from worker.reporter import REPORT_FD_ENV, first_line
 from worker.retries import DatabaseUnavailable, with_retries
+from worker.transfers import MODEL_UPLOAD_SECONDS, CheckpointUploads, fetch_checkpoint, upload_with_retries
 
 if TYPE_CHECKING:
     from worker.supervisor import Slot
@@ -42,6 +52,9 @@ PROGRESS_FLUSH_SECONDS = 1.0
 REPORTS_DRAIN_SECONDS = 5.0
 LOG_TAIL_LINES = 5
 LOG_TAIL_BYTES = 8192
+LOG_CHUNK_BYTES = 64 * 1024
+# How long a child asked to checkpoint and exit (pause, worker stop) may take before it is stopped.
+CHECKPOINT_GRACE_SECONDS = 60.0
 # What a training child may inherit: the system's basics, the GPU stack, threading knobs, proxies
 # and certificates for W&B, and W&B's own settings. Nothing else: not the database URL, not the
 # dashboard's token, not unrelated secrets of the worker's environment.
@@ -67,6 +80,7 @@ class Ending(Enum):
 
     EXITED = "exited"  # the child ended by itself: its result, or why it failed
     STOPPED = "stopped"  # the worker is stopping: the job goes back to the queue
+    PAUSED = "paused"  # a pause was asked for: the job waits, paused, at its checkpoint
     CANCELLED = "cancelled"  # a cancel was asked for: the job ends cancelled
     LOST = "lost"  # the job is no longer ours: nothing more is written
 
@@ -84,10 +98,10 @@ class ChildProcess:
         self.report_fd = report_fd
 
     @classmethod
-    def start(cls, settings: Settings, slot: "Slot", claim: queue.Claim, worker_id: str) -> "ChildProcess":
-        """Spawn it in the job's folder, its output appended to the job's log, and hand it its
-        ChildSpec on stdin."""
-        files = settings.job_files(claim.job_id)
+    def start(
+        cls, settings: Settings, slot: "Slot", claim: queue.Claim, worker_id: str, files: JobFiles, resume_from: Path | None,
+    ) -> "ChildProcess":
+        """Spawn it in the job's scratch folder, its output on a pipe, and hand it its ChildSpec on stdin."""
         job_dir = files.root.resolve()
         job_dir.mkdir(parents=True, exist_ok=True)
         spec = ChildSpec(
@@ -96,8 +110,10 @@ class ChildProcess:
             job_dir=job_dir,
             data_dir=settings.data_dir.resolve(),
             cifar_verify=settings.cifar_verify,
+            attempt=claim.attempt,
+            resume_from=resume_from,
         )
-        env = child_environment(os.environ)
+        env = wandb_environment(child_environment(os.environ), spec.params.wandb_mode)
         env.setdefault("TORCH_HOME", str((settings.data_dir / "torch").resolve()))
         read_fd, write_fd = os.pipe()
         env.update({
@@ -107,14 +123,11 @@ class ChildProcess:
             "PYTHONUNBUFFERED": "1",
         })
         try:
-            with files.log.resolve().open("ab") as log_file:
-                log_file.write(f"==== attempt {claim.attempt} on {worker_id} ({slot.device})\n".encode())
-                log_file.flush()
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "worker.child"],
-                    stdin=subprocess.PIPE, stdout=log_file, stderr=subprocess.STDOUT,
-                    pass_fds=(write_fd,), env=env, cwd=job_dir, start_new_session=True,
-                )
+            process = subprocess.Popen(
+                [sys.executable, "-m", "worker.child"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                pass_fds=(write_fd,), env=env, cwd=job_dir, start_new_session=True,
+            )
         except BaseException:
             os.close(read_fd)
             raise
@@ -135,13 +148,17 @@ class ChildProcess:
     def returncode(self) -> int | None:
         return self.process.returncode
 
-    def stop(self, grace_seconds: float) -> None:
-        """SIGTERM to the child's group, SIGKILL after the grace period."""
-        self._signal_group(signal.SIGTERM)
+    def ask_to_checkpoint(self) -> None:
+        """The child alone (not its group: W&B's service would die of the signal) finishes its
+        batch, checkpoints and exits."""
         try:
-            self.process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            self.process.send_signal(CHECKPOINT_SIGNAL)
+        except ProcessLookupError:
+            pass
+
+    def terminate(self) -> None:
+        """SIGTERM to the child's group: it stops now, closing its W&B run."""
+        self._signal_group(signal.SIGTERM)
 
     def kill(self) -> None:
         self._signal_group(signal.SIGKILL)
@@ -174,6 +191,39 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+class LogRelay:
+    """The child's output: appended to the scratch log as it comes (exit_reason reads its tail),
+    and kept for the database until `pending` hands it over with its offset in the attempt."""
+
+    def __init__(self, stream, log_path: Path, header: str, name: str):
+        self._log_path = log_path
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._sent = 0  # bytes of this attempt's output handed over so far
+        self._append(header.encode())
+        threading.Thread(target=self._read, args=(stream,), daemon=True, name=name).start()
+
+    def _append(self, data: bytes) -> None:
+        with self._log_path.open("ab") as log_file:
+            log_file.write(data)
+        with self._lock:
+            self._pending.append(data)
+
+    def pending(self) -> tuple[int, str] | None:
+        """(offset, text) of the output not yet handed over, or None."""
+        with self._lock:
+            if not self._pending:
+                return None
+            data, self._pending = b"".join(self._pending), []
+            offset, self._sent = self._sent, self._sent + len(data)
+        return offset, data.decode("utf-8", errors="replace")
+
+    def _read(self, stream) -> None:
+        with stream:
+            while chunk := stream.read1(LOG_CHUNK_BYTES):
+                self._append(chunk)
+
+
 # ---------------------------------------------------------------------------------------------
 # The child's events
 # ---------------------------------------------------------------------------------------------
@@ -183,8 +233,13 @@ class EventPump:
     """What the child has said and the slot has not yet written. A thread reads the pipe; the slot
     takes the events one at a time. Where the W&B run is goes out at once, through `on_wandb`."""
 
-    def __init__(self, report_fd: int, on_wandb: Callable[[WandbStarted], Any], name: str):
+    def __init__(
+        self, report_fd: int, name: str, *, on_wandb: Callable[[WandbStarted], Any],
+        on_examples: Callable[[Examples], Any], on_checkpoint: Callable[[CheckpointSaved], Any],
+    ):
         self.on_wandb = on_wandb
+        self.on_examples = on_examples
+        self.on_checkpoint = on_checkpoint
         self.progress: dict[str, Any] | None = None
         self.metrics: dict[str, Any] | None = None
         self.points: list[tuple[str, int, dict[str, Any]]] = []
@@ -212,6 +267,10 @@ class EventPump:
             self.points.extend(event.points)
         elif isinstance(event, WandbStarted):
             self.on_wandb(event)
+        elif isinstance(event, Examples):
+            self.on_examples(event)
+        elif isinstance(event, CheckpointSaved):
+            self.on_checkpoint(event)
         elif isinstance(event, Result):
             self.result = event
         elif isinstance(event, Failure):
@@ -271,7 +330,7 @@ class Lease:
         return self.owned
 
     def renew(self) -> Ending | None:
-        """Extend the lease. Says CANCELLED when a cancel was asked for, LOST when the job is not ours."""
+        """Extend the lease. Says CANCELLED or PAUSED when that was asked for, LOST when the job is not ours."""
         if not self.owned:
             return Ending.LOST
         now = time.monotonic()
@@ -286,12 +345,17 @@ class Lease:
             self.owned = False
             return Ending.LOST
         self.until = now + self.settings.lease_seconds
-        return Ending.CANCELLED if outcome == "cancel" else None
+        return {"cancel": Ending.CANCELLED, "pause": Ending.PAUSED}.get(outcome)
 
 
 # ---------------------------------------------------------------------------------------------
 # The attempt
 # ---------------------------------------------------------------------------------------------
+
+
+class HostFault(RuntimeError):
+    """This host cannot run jobs now (its artifact store is unreachable, say): the job went back
+    to the queue without spending its attempt, and the slot backs off."""
 
 
 class JobRun:
@@ -311,82 +375,169 @@ class JobRun:
         self.log = logging.LoggerAdapter(log, {
             "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": worker_id, "slot": slot.index,
         })
-        self.files = settings.job_files(claim.job_id)
+        self.files = JobFiles(settings.scratch_dir(claim.job_id))
         self.lease = Lease(settings, engine, claim)
+        self.store = settings.store
 
     def run(self) -> None:
         if self.stopping.is_set():
             self._release()  # claimed just as the worker began to stop: no child to start
             return
         self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        header = f"==== attempt {self.claim.attempt} on {self.worker_id} ({self.settings.host_name}, {self.slot.device})\n"
+        try:
+            resume_from, header = self._resume_point(header)
+        except StoreUnavailable as exc:
+            self._release()
+            raise HostFault(str(exc)) from exc
+        except StoreMisconfigured as exc:
+            self._fail(str(exc))
+            return
         child = None
         try:
-            child = ChildProcess.start(self.settings, self.slot, self.claim, self.worker_id)
-            events = EventPump(child.report_fd, self._record_wandb, name=f"reports-{self.claim.job_id}")
-            ending = self._supervise(child, events)
+            child = ChildProcess.start(self.settings, self.slot, self.claim, self.worker_id, self.files, resume_from)
+            output = LogRelay(child.process.stdout, self.files.log, header, name=f"log-{self.claim.job_id}")
+            uploads = CheckpointUploads(
+                self.store, self.claim.job_id, self.claim.attempt, previous_key=(self.claim.checkpoint or {}).get("key"),
+                record=lambda checkpoint: self.lease.write(lambda: queue.record_checkpoint(self.engine, self.claim, checkpoint)),
+            )
+            events = EventPump(
+                child.report_fd, f"reports-{self.claim.job_id}",
+                on_wandb=self._record_wandb, on_examples=self._record_examples, on_checkpoint=uploads.add,
+            )
+            ending = self._supervise(child, events, output, uploads)
+            self._flush(events, output)
         except Exception as exc:
             # Never leave an unsupervised child training, nor the job running until its lease ends.
             self.log.exception("job %d: supervising it failed", self.claim.job_id)
             if child is not None and child.running:
                 child.kill()
-            reason = f"the worker failed while running this job: {type(exc).__name__}: {first_line(exc)}"
-            self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000]))
+            self._fail(f"the worker failed while running this job: {type(exc).__name__}: {first_line(exc)}")
             return
+        uploads.close()
         if ending is Ending.LOST:
             self.log.warning("job %d is no longer ours (lease lost or taken over); stopped it, writing nothing", self.claim.job_id)
         elif ending is Ending.STOPPED:
             self._release()
+        elif ending is Ending.PAUSED:
+            if self.lease.write(lambda: queue.pause(self.engine, self.claim)):
+                self.log.info("job %d paused at its checkpoint", self.claim.job_id)
         elif ending is Ending.CANCELLED:
-            self._flush(events)
             self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"))
             self.log.info("job %d cancelled", self.claim.job_id)
         else:
-            self._finish(child.returncode, events)
+            self._finish(child.returncode, events, output)
 
-    def _supervise(self, child: ChildProcess, events: EventPump) -> Ending:
+    def _resume_point(self, header: str) -> tuple[Path | None, str]:
+        """The local copy of the job's last checkpoint, verified, with the job's history moved to
+        this attempt; None (and a line in the log saying why) to start from scratch."""
+        checkpoint = self.claim.checkpoint
+        self.store.probe()
+        if checkpoint is None:
+            return None, header
+        local, problem = fetch_checkpoint(self.store, checkpoint, self.files.root)
+        if local is None:
+            self.log.warning("job %d: %s; starting from scratch", self.claim.job_id, problem)
+            return None, header + f"trainboard: {problem}; this attempt starts from scratch\n"
+        self.lease.write(lambda: queue.start_from_checkpoint(self.engine, self.claim))
+        where = f"epoch {checkpoint['epoch']}" + (f", batch {checkpoint['batch']}" if checkpoint["batch"] else "")
+        return local, header + f"trainboard: resuming from the checkpoint after {where}\n"
+
+    def _supervise(self, child: ChildProcess, events: EventPump, output: LogRelay, uploads: CheckpointUploads) -> Ending:
         """Relay events and renew the lease until the child ends. Says how the attempt ended."""
-        next_beat = time.monotonic() + self.settings.heartbeat_seconds
-        next_flush = time.monotonic() + PROGRESS_FLUSH_SECONDS
-        while child.running:
+        ending = self._while_renewing(lambda: not child.running, events, output)
+        if ending is None:
+            events.drain()
+            return Ending.EXITED
+        if ending is Ending.LOST:
+            child.kill()
+            return ending
+        if not child.running:
+            events.drain()
+            return Ending.EXITED  # it finished meanwhile: record its result rather than run it again
+        if ending is Ending.CANCELLED:
+            child.terminate()
+            if self._stop_child(child, events, output, self.settings.cancel_grace_seconds, (child.kill,)) is Ending.LOST:
+                return Ending.LOST
+            return ending
+        # Paused or stopping: the child checkpoints where it is, and the checkpoint is uploaded,
+        # while the lease is kept.
+        child.ask_to_checkpoint()
+        grace = max(self.settings.cancel_grace_seconds, CHECKPOINT_GRACE_SECONDS)
+        if self._stop_child(child, events, output, grace, (child.terminate, child.kill)) is Ending.LOST:
+            return Ending.LOST
+        uploaded = threading.Event()
+        threading.Thread(target=lambda: (uploads.wait(grace), uploaded.set()), daemon=True).start()
+        if self._while_renewing(uploaded.is_set, events, output, timeout=grace, watch=False) is Ending.LOST:
+            return Ending.LOST
+        return ending
+
+    def _stop_child(
+        self, child: ChildProcess, events: EventPump, output: LogRelay, grace: float, escalation: tuple[Callable[[], None], ...],
+    ) -> Ending | None:
+        """Wait for a child asked to stop, keeping the lease (a stop must never cost the attempt);
+        each step of `escalation` (SIGTERM, SIGKILL) when it takes longer than `grace`."""
+        for signal_next in escalation:
+            if self._while_renewing(lambda: not child.running, events, output, timeout=grace, watch=False) is Ending.LOST:
+                child.kill()
+                return Ending.LOST
+            if not child.running:
+                break
+            self.log.warning("job %d: the training process did not stop within %.0fs; stopping it harder", self.claim.job_id, grace)
+            signal_next()
+            grace = self.settings.cancel_grace_seconds
+        events.drain()
+        return None
+
+    def _while_renewing(
+        self, done: Callable[[], bool], events: EventPump, output: LogRelay, *, timeout: float | None = None,
+        watch: bool = True,
+    ) -> Ending | None:
+        """Relay events, flush, and renew the lease until done() (None), the timeout (None), or an
+        ending: the job lost, or (with `watch`) a cancel, pause or stop asked for."""
+        started = time.monotonic()
+        next_beat = started + self.settings.heartbeat_seconds
+        next_flush = started + PROGRESS_FLUSH_SECONDS
+        while not done():
             events.take(timeout=0.2)
             now = time.monotonic()
-            if self.stopping.is_set():
-                if not child.running:
-                    break  # it finished meanwhile: record its result rather than run it again
-                child.stop(self.settings.cancel_grace_seconds)
+            if timeout is not None and now - started > timeout:
+                return None
+            if watch and self.stopping.is_set():
                 return Ending.STOPPED
             if now >= next_flush or events.metrics is not None:
                 next_flush = now + PROGRESS_FLUSH_SECONDS
-                if not self._flush(events):
-                    child.kill()
+                if not self._flush(events, output):
                     return Ending.LOST
             if now >= self.lease.give_up_at():
                 self.log.warning("job %d: its lease could not be renewed in time; stopping it", self.claim.job_id)
                 self.lease.owned = False
-                child.kill()
                 return Ending.LOST
             if now >= next_beat:
                 next_beat = now + self.settings.heartbeat_seconds
                 renewal = self.lease.renew()
-                if renewal is Ending.LOST:
-                    child.kill()
-                    return Ending.LOST
-                if renewal is Ending.CANCELLED:
-                    if not child.running:
-                        break  # it finished meanwhile: record how
-                    child.stop(self.settings.cancel_grace_seconds)
-                    events.drain()
-                    return Ending.CANCELLED
-        events.drain()
-        return Ending.EXITED
+                if renewal is Ending.LOST or (watch and renewal is not None):
+                    return renewal
+        return None
 
     # ---- What gets written ----------------------------------------------------------------------
 
     def _record_wandb(self, event: WandbStarted) -> None:
         fields = event.model_dump(exclude={"event"})
-        self.lease.write(lambda: queue.record_wandb(self.engine, self.claim, **fields))
+        self.lease.write(lambda: queue.record_wandb(self.engine, self.claim, host=self.settings.host_name, **fields))
 
-    def _flush(self, events: EventPump) -> bool:
+    def _record_examples(self, event: Examples) -> None:
+        examples = [(example.caption, base64.b64decode(example.png_base64)) for example in event.examples]
+        self.lease.write(lambda: queue.record_examples(self.engine, self.claim, event.epoch, examples))
+
+    def _flush(self, events: EventPump, output: LogRelay) -> bool:
+        chunk = output.pending()
+        if chunk is not None:
+            offset, text = chunk
+            max_bytes = self.settings.log_max_bytes
+            if not self.lease.write(lambda: queue.append_log(self.engine, self.claim, offset, text, max_bytes=max_bytes)):
+                return False
         pending = events.pending()
         if pending is None:
             return self.lease.owned
@@ -399,16 +550,53 @@ class JobRun:
         if self.lease.write(lambda: queue.release(self.engine, self.claim)):
             self.log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
 
-    def _finish(self, returncode: int, events: EventPump) -> None:
-        if not self._flush(events):
-            return
+    def _fail(self, reason: str) -> None:
+        if self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000])):
+            self.log.info("job %d failed: %s", self.claim.job_id, reason)
+
+    def _finish(self, returncode: int, events: EventPump, output: LogRelay) -> None:
         result = events.result
-        if returncode == 0 and result is not None:
-            self.lease.write(lambda: queue.finish(
-                self.engine, self.claim, JobStatus.SUCCEEDED, metrics=result.metrics, artifacts=result.artifacts
-            ))
-            self.log.info("job %d succeeded", self.claim.job_id)
+        if returncode != 0 or result is None:
+            self._fail(events.failure or exit_reason(returncode, self.files))
             return
-        reason = events.failure or exit_reason(returncode, self.files)
-        self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason))
-        self.log.info("job %d failed: %s", self.claim.job_id, reason)
+        try:
+            artifacts = self._upload_artifacts(result, events, output)
+        except StoreError as exc:
+            self._fail(f"training finished but its model could not be stored: {exc}")
+            return
+        if artifacts is None:
+            return  # lost while uploading
+        if self.lease.write(lambda: queue.finish(
+            self.engine, self.claim, JobStatus.SUCCEEDED, metrics=result.metrics, artifacts=artifacts
+        )):
+            self.log.info("job %d succeeded", self.claim.job_id)
+
+    def _upload_artifacts(self, result: Result, events: EventPump, output: LogRelay) -> list[dict[str, Any]] | None:
+        """Upload the files the child left in its scratch folder, keeping the lease meanwhile;
+        an unreachable store is retried with backoff. None when the job was lost meanwhile."""
+        uploaded: list[dict[str, Any]] = []
+        failure: list[StoreError] = []
+        stopped = threading.Event()
+
+        def upload() -> None:
+            try:
+                for artifact in result.artifacts:
+                    key = self.store.key(self.claim.job_id, artifact["name"])
+                    size = upload_with_retries(self.store, self.files.root / artifact["name"], key, MODEL_UPLOAD_SECONDS, stopped)
+                    uploaded.append({
+                        "name": artifact["name"], "size": size, "key": key, "store": self.store.public_url,
+                        "host": self.settings.host_name,
+                    })
+            except StoreError as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=upload, daemon=True, name=f"upload-{self.claim.job_id}")
+        thread.start()
+        ending = self._while_renewing(lambda: not thread.is_alive(), events, output, watch=False)
+        stopped.set()
+        if ending is Ending.LOST:
+            return None
+        thread.join()
+        if failure:
+            raise failure[0]
+        return uploaded

@@ -2,9 +2,16 @@
 
 The slot writes one `ChildSpec` as JSON on the child's stdin. The child answers on a pipe with
 events, one JSON line each, told apart by their `event` field: `WandbStarted`, `Progress`,
-`Result`, `Failure`. The child never touches the database; its slot turns these events into
-fenced writes.
+`Examples`, `CheckpointSaved`, `Result`, `Failure`. The child never touches the database nor
+the artifact store (it never holds the store's credentials): it leaves files in its scratch
+folder and its slot uploads them and turns the events into fenced writes.
+
+Signals from the slot: SIGTERM stops the training now (cancel); CHECKPOINT_SIGNAL asks it to
+finish the batch it is in, save a checkpoint where it is (mid-epoch too), report it and exit 0
+(pause, a graceful worker stop).
 """
+
+import signal
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -14,7 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from app.models import JobCreate
 
 
-# What a slot tells its child: the job, where its folder is, and where the data sets are.
+CHECKPOINT_SIGNAL = signal.SIGUSR1
+
+
+# What a slot tells its child: the job, its scratch folder, where the data sets are, and the
+# checkpoint to resume from (a verified local copy of the job's last one; None: from scratch).
 class ChildSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -23,6 +34,8 @@ class ChildSpec(BaseModel):
     job_dir: Path
     data_dir: Path
     cifar_verify: bool
+    attempt: int = 1
+    resume_from: Path | None = None
 
 
 # A diverged run's NaN or infinite loss is written as null: JSON, and PostgreSQL's JSON type, have no NaN.
@@ -49,6 +62,32 @@ class Progress(_Event):
     points: list[tuple[str, int, dict[str, Any]]] = []
 
 
+# The epoch's example predictions: PNGs (base64) with their "Pred:x Truth:y" captions.
+class Example(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    caption: str
+    png_base64: str
+
+
+class Examples(_Event):
+    event: Literal["examples"] = "examples"
+    epoch: int
+    examples: list[Example]
+
+
+# A checkpoint is complete at `path` (in the scratch folder, written under a temporary name and
+# renamed): after `epoch` finished epochs and `batch` batches of the next (0: at an epoch's end),
+# `step` optimiser steps in all. `progress` is the job's progress at that point.
+class CheckpointSaved(_Event):
+    event: Literal["checkpoint"] = "checkpoint"
+    path: Path
+    epoch: int
+    batch: int
+    step: int
+    progress: dict[str, Any]
+
+
 # Training finished: the final metrics and the files it left in the job's folder.
 class Result(_Event):
     event: Literal["result"] = "result"
@@ -62,7 +101,9 @@ class Failure(_Event):
     reason: str
 
 
-Event = Annotated[WandbStarted | Progress | Result | Failure, Field(discriminator="event")]
+Event = Annotated[
+    WandbStarted | Progress | Examples | CheckpointSaved | Result | Failure, Field(discriminator="event")
+]
 _EVENT = TypeAdapter(Event)
 
 

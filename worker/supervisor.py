@@ -5,7 +5,6 @@ stops claiming on shutdown. Transactions stay short: nothing is held open while 
 
 import logging
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -18,11 +17,16 @@ from app import queue
 from app.models import Worker
 from app.settings import Settings
 from worker.gpus import Nvml
-from worker.jobrun import JobRun
+from app.store import StoreError
+from worker.jobrun import HostFault, JobRun
 from worker.reporter import first_line
 from worker.retries import TRANSIENT_ERRORS, DatabaseUnavailable, with_retries
 
 log = logging.getLogger("trainboard.worker")
+
+
+HOST_FAULT_FIRST_BACKOFF_SECONDS = 2.0
+HOST_FAULT_MAX_BACKOFF_SECONDS = 60.0
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Slot:
     device: str  # "cpu" or "cuda:N" as the host numbers it
     gpu_name: str | None = None
     job_id: int | None = None
+    problem: str | None = None  # why it does not claim now (a host fault), shown on /workers
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -39,6 +44,8 @@ class Slot:
     def public(self, nvml: Nvml | None = None) -> dict[str, Any]:
         """What the workers table shows; with NVML, the GPU's utilisation and memory too."""
         record = {"index": self.index, "device": self.device, "gpu_name": self.gpu_name, "job_id": self.job_id}
+        if self.problem:
+            record["problem"] = self.problem
         if nvml is not None and self.device.startswith("cuda:"):
             record["gpu"] = nvml.sample(int(self.cuda_visible_devices))
         return record
@@ -50,14 +57,15 @@ class Supervisor:
         self.engine = engine
         self.slots = slots
         self.nvml = nvml
-        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.worker_id = f"{settings.host_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
 
     # ---- Lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> None:
         queue.register_worker(self.engine, Worker(
-            id=self.worker_id, host=socket.gethostname(), pid=os.getpid(), slots=[s.public(self.nvml) for s in self.slots]
+            id=self.worker_id, host=self.settings.host_name, pid=os.getpid(), store=self.settings.store.public_url,
+            slots=[s.public(self.nvml) for s in self.slots],
         ))
         log.info("worker %s started with %d slot(s): %s", self.worker_id, len(self.slots),
                  ", ".join(s.device for s in self.slots))
@@ -85,12 +93,19 @@ class Supervisor:
 
     def _slot_loop(self, slot: Slot) -> None:
         wakeups = queue.JobWakeups(self.engine)
+        backoff = HOST_FAULT_FIRST_BACKOFF_SECONDS
         try:
             while not self.stopping.is_set():
+                if slot.problem and not self._host_recovered(slot):
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, HOST_FAULT_MAX_BACKOFF_SECONDS)
+                    continue
+                backoff = HOST_FAULT_FIRST_BACKOFF_SECONDS
                 wakeups.listen()
                 try:
                     claim = with_retries(
-                        lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds), self.settings.lease_seconds
+                        lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds, self.settings.host_name),
+                        self.settings.lease_seconds,
                     )
                 except DatabaseUnavailable:
                     continue
@@ -100,12 +115,25 @@ class Supervisor:
                 slot.job_id = claim.job_id
                 try:
                     JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping).run()
+                except HostFault as exc:
+                    slot.problem = str(exc)
+                    log.warning("slot %d: %s; job %d went back to the queue and this slot waits until it recovers",
+                                slot.index, exc, claim.job_id)
                 except Exception:
                     log.exception("slot %d: supervising job %d failed", slot.index, claim.job_id)
                 finally:
                     slot.job_id = None
         finally:
             wakeups.close()
+
+    def _host_recovered(self, slot: Slot) -> bool:
+        try:
+            self.settings.store.probe()
+        except StoreError:
+            return False
+        log.info("slot %d: the artifact store answers again; claiming jobs", slot.index)
+        slot.problem = None
+        return True
 
     def _quietly(self, operation: Callable[[], Any]) -> None:
         try:

@@ -45,7 +45,11 @@ class Tracker:
         self.mode = mode
 
     @classmethod
-    def start(cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter) -> "Tracker":
+    def start(
+        cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter, run_id: str | None = None
+    ) -> "Tracker":
+        """A new run, or with `run_id` (a resumed attempt's) the same run continued: online W&B
+        appends to its history, offline starts a new folder under the same id."""
         mode = resolve_mode(params.wandb_mode)
         if mode == "disabled":
             reporter.report(WandbStarted(mode=mode))
@@ -62,6 +66,8 @@ class Tracker:
             "tags": params.tags or None,
             "dir": str(job_dir),
         }
+        if run_id is not None:
+            init.update(id=run_id, resume="allow")
         try:
             run = wandb.init(mode=mode, **init)
         except Exception as exc:
@@ -85,6 +91,10 @@ class Tracker:
             note=note,
         ))
         return cls(run, mode)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.id if self.run is not None else None
 
     def watch(self, model: torch.nn.Module, log: str, log_freq: int) -> None:
         """Histograms of gradients and/or parameters every `log_freq` batches, as the tutorial's

@@ -26,13 +26,23 @@ the same convolution arithmetic, and the tutorial's per-image PIL work (about 70
 a few percent of it. On a GPU that per-image work is the bottleneck, and small batches are bound
 by kernel launches (compile=reduce-overhead replays them as CUDA graphs). Measured with
 `python -m bench.train_speed` (CPU) and `bash bench/gpu.sh` (GPU); BENCHMARKS.md has the figures.
+
+Checkpoints, every checkpoint_every epochs and wherever the training is when the slot asks, hold
+everything the rest of the run depends on: weights, optimizer, loss scaler, position, the epoch's
+sample order, the RNG states. A resumed attempt continues as if never stopped: on the CPU with
+deterministic=true it ends with the same weights and metrics (tests/test_training.py). The
+training waits only for the copy of the state to host memory; a thread writes the file
+(`python -m bench.checkpoint_cost` measures both).
 """
 
-import json
+import base64
+import io
 import math
 import os
 import random
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +55,8 @@ from app.models import JobCreate
 from app.settings import JobFiles
 from worker.data import ImageSet, load
 from worker.nets import build_model, skip_padding_taps
-from worker.protocol import Progress, Result
-from worker.reporter import Reporter
+from worker.protocol import CheckpointSaved, Example, Examples, Progress, Result
+from worker.reporter import CheckpointRequest, Reporter
 from worker.tracking import Tracker
 
 MAX_EXAMPLES = 64
@@ -78,9 +88,15 @@ def run(
     cifar_verify: bool,
     reporter: Reporter,
     data: ImageSet | None = None,
+    resume_from: Path | None = None,
+    checkpoint_request: CheckpointRequest | None = None,
 ) -> None:
-    """Train and evaluate as `params` say, writing the job's files and reporting progress and the
-    result through `reporter`. `data` replaces the job's dataset (benchmarks bring their own images); subsets still apply."""
+    """Train and evaluate as `params` say, reporting progress, examples, checkpoints and the result
+    through `reporter`; model.pth and the checkpoints go to the job's scratch folder. `data`
+    replaces the job's dataset (benchmarks bring their own images); subsets still apply.
+    `resume_from` is a checkpoint to continue from. Once `checkpoint_request` is asked, it
+    checkpoints where it is and returns without a result."""
+    request = checkpoint_request or CheckpointRequest()
     # ---- Setup ---------------------------------------------------------------------------------
     set_seed(params.seed)
     use_cuda = params.use_cuda and torch.cuda.is_available()
@@ -102,15 +118,33 @@ def run(
         f"compile {params.compile}",
         flush=True,
     )
+    resumed = load_checkpoint(resume_from, training) if resume_from is not None else None
 
-    tracker = Tracker.start(params, name=name, job_dir=files.root, reporter=reporter)
+    tracker = Tracker.start(
+        params, name=name, job_dir=files.root, reporter=reporter, run_id=resumed["wandb_run_id"] if resumed else None
+    )
+    checkpoints = CheckpointWriter(files.root / "checkpoints", reporter, epochs, batches)
+    stopped = False
     try:
         tracker.watch(model, log=params.wandb_watch, log_freq=params.wandb_watch_freq)
         metrics: dict[str, Any] = {}
-        for epoch in range(1, epochs + 1):
+        first_epoch, interrupted_epoch = 1, None
+        if resumed is not None:
+            # Last: the setup above (W&B's included) may draw random numbers an uninterrupted run drew before.
+            restore_rng_states(resumed["rng"])
+            metrics, first_epoch, interrupted_epoch = resumed["metrics"], resumed["epoch"] + 1, resumed["epoch_state"]
+            print(f"trainboard: resumed from the checkpoint after epoch {resumed['epoch']}, batch {resumed['batch']}", flush=True)
+        for epoch in range(first_epoch, epochs + 1):
             # ---- Train -------------------------------------------------------------------------
             started = time.perf_counter()
-            train_loss = train_epoch(training, data, params, epoch, batches, tracker, reporter)
+            state = interrupted_epoch or EpochState.start(len(data.train_labels), device)
+            interrupted_epoch = None
+            trained_images = state.order[state.batch * params.batch_size:].numel()  # fewer in a resumed epoch
+            stopped = not train_epoch(training, data, params, epoch, batches, state, tracker, reporter, request)
+            if stopped:
+                checkpoints.write(training, epoch - 1, state, metrics, tracker.run_id, background=False)
+                break
+            train_loss = state.epoch_loss.item() / len(state.order)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             train_seconds = time.perf_counter() - started
@@ -118,30 +152,48 @@ def run(
             # ---- Evaluate ----------------------------------------------------------------------
             accuracy, test_loss, examples = evaluate(training, data, params.test_batch_size, params.tta)
             tracker.log_epoch(epoch, accuracy, test_loss, examples)
-            save_examples(files, epoch, examples)
+            reporter.report(encode_examples(epoch, examples))
             metrics = {
                 "epoch": epoch,
                 "test_accuracy": accuracy,
                 "test_loss": test_loss,
                 "train_loss": train_loss,
-                "train_images_per_second": len(data.train_labels) / train_seconds,
+                "train_images_per_second": trained_images / train_seconds,
                 "epoch_seconds": time.perf_counter() - started,
             }
             reporter.report(Progress(
-                progress={"epoch": epoch, "epochs": epochs, "batch": batches, "batches": batches},
+                progress=progress_at(epoch, batches, epochs, batches),
                 metrics=metrics,
                 points=[("epoch", epoch, metrics)],
             ))
             print(f"trainboard: epoch {epoch}/{epochs} test accuracy {accuracy:.2f}% test loss {test_loss:.4f}", flush=True)
 
-        # ---- Save ------------------------------------------------------------------------------
-        model_path = save_model(model, files.model)
-        tracker.save(model_path)
+            # ---- Checkpoint --------------------------------------------------------------------
+            # Asked for by the slot: here and now, complete before the process ends. Otherwise
+            # every checkpoint_every epochs, written while the next epoch trains.
+            stopped = request.asked
+            if stopped or (params.checkpoint_every and epoch % params.checkpoint_every == 0):
+                checkpoints.write(training, epoch, None, metrics, tracker.run_id, background=not stopped)
+            if stopped:
+                break
+
+        if not stopped:
+            # ---- Save --------------------------------------------------------------------------
+            model_path = save_model(model, files.model)
+            tracker.save(model_path)
+        checkpoints.wait()
     except BaseException:
         tracker.finish(exit_code=1)
         raise
+    # A run finished cleanly can be resumed by the next attempt.
     tracker.finish()
-    reporter.report(Result(metrics=metrics, artifacts=[{"name": model_path.name, "size": model_path.stat().st_size}]))
+    if not stopped:
+        reporter.report(Result(metrics=metrics, artifacts=[{"name": model_path.name, "size": model_path.stat().st_size}]))
+
+
+def progress_at(epoch: int, batch: int, epochs: int, batches: int) -> dict[str, Any]:
+    """The job's progress after `epoch` finished epochs and `batch` batches of the next."""
+    return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,17 +325,41 @@ class Training:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class EpochState:
+    """An epoch under way: its sample order, the batches done, and the loss sums not yet read
+    (on the device). A mid-epoch checkpoint keeps it, so that a resumed attempt repeats no batch."""
+
+    order: torch.Tensor
+    interval_loss: torch.Tensor
+    epoch_loss: torch.Tensor
+    batch: int = 0
+
+    @classmethod
+    def start(cls, size: int, device: torch.device) -> "EpochState":
+        """A new epoch in a random order."""
+        order = torch.randperm(size, device=device)
+        return cls(order, torch.zeros((), device=device), torch.zeros((), device=device))
+
+
 def train_epoch(
-    training: Training, data: ImageSet, params: JobCreate, epoch: int, batches: int, tracker: Tracker, reporter: Reporter
-) -> float:
-    """One pass in a random order. Losses stay on the device until a log_interval boundary."""
+    training: Training,
+    data: ImageSet,
+    params: JobCreate,
+    epoch: int,
+    batches: int,
+    state: EpochState,
+    tracker: Tracker,
+    reporter: Reporter,
+    request: CheckpointRequest,
+) -> bool:
+    """The epoch's batches after `state.batch`. Losses stay on the device until a log_interval
+    boundary. Returns False, `state` where it stopped, when a checkpoint was asked for."""
     training.model.train()
     batch_size, log_interval = params.batch_size, params.log_interval
-    order = torch.randperm(len(data.train_labels), device=data.train_labels.device)
-    interval_loss = torch.zeros((), device=order.device)
-    epoch_loss = torch.zeros((), device=order.device)
-    for batch, start in enumerate(range(0, len(order), batch_size), start=1):
-        indices = order[start:start + batch_size]
+    order, interval_loss, epoch_loss = state.order, state.interval_loss, state.epoch_loss
+    for batch in range(state.batch + 1, batches + 1):
+        indices = order[(batch - 1) * batch_size:batch * batch_size]
         inputs = training_inputs(data.train_images[indices], params.augment, training.layout)
         loss = training.step((epoch - 1) * batches + batch - 1, inputs, data.train_labels[indices])
         interval_loss += loss
@@ -295,10 +371,14 @@ def train_epoch(
             step = (epoch - 1) * batches + batch
             tracker.log_train_loss(step, mean_loss)
             reporter.report(Progress(
-                progress={"epoch": epoch - 1, "epochs": params.epochs, "batch": batch, "batches": batches},
+                progress=progress_at(epoch - 1, batch, params.epochs, batches),
                 points=[("train", step, {"epoch": epoch, "batch": batch, "train_loss": mean_loss})],
             ))
-    return epoch_loss.item() / len(order)
+        if request.asked:
+            state.batch = batch
+            return False
+    state.batch = batches
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,23 +417,146 @@ def evaluate(
     return 100.0 * correct.item() / count, total_loss.item() / count, examples
 
 
-def save_examples(files: JobFiles, epoch: int, examples: list[tuple[numpy.ndarray, str]]) -> None:
-    """The epoch's "Examples" for the dashboard: PNGs, then a manifest naming them and their captions.
+def encode_examples(epoch: int, examples: list[tuple[numpy.ndarray, str]]) -> Examples:
+    """The epoch's "Examples" for the dashboard, as PNGs made in memory: the slot stores them with the job."""
+    encoded = []
+    for image, caption in examples:
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        encoded.append(Example(caption=caption, png_base64=base64.b64encode(png.getvalue()).decode("ascii")))
+    return Examples(epoch=epoch, examples=encoded)
 
-    Each file is written under a temporary name and renamed, and the manifest last, so a page
-    never shows a half-written image or a caption for an image that is not there yet.
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and model.pth: written under a temporary name and renamed, so a crash never leaves
+# a torn file
+# ---------------------------------------------------------------------------------------------
+
+
+class CheckpointWriter:
+    """Writes checkpoints into the job's scratch folder, each under a new name so that the slot can
+    upload one while the next is written, and reports each once its file is complete.
+
+    The training's thread copies the state to host memory; the file is written there (`background=False`)
+    or by a thread of its own while the training goes on. One write at a time. The thread is not a
+    daemon: a process that ends early still completes the file before it exits.
     """
-    folder = files.examples_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    entries = []
-    for index, (image, caption) in enumerate(examples):
-        name = f"{index:02d}.png"
-        Image.fromarray(image).save(folder / f"{name}.partial", format="PNG")
-        os.replace(folder / f"{name}.partial", folder / name)
-        entries.append({"file": name, "caption": caption})
-    partial = files.examples_manifest.with_name(f"{files.examples_manifest.name}.partial")
-    partial.write_text(json.dumps({"epoch": epoch, "examples": entries}))
-    os.replace(partial, files.examples_manifest)
+
+    def __init__(self, folder: Path, reporter: Reporter, epochs: int, batches: int):
+        self.folder = folder
+        self.reporter = reporter
+        self.epochs = epochs
+        self.batches = batches
+        self._writing: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(
+        self,
+        training: Training,
+        epoch: int,
+        state: EpochState | None,
+        metrics: dict[str, Any],
+        wandb_run_id: str | None,
+        *,
+        background: bool,
+    ) -> None:
+        """After `epoch` finished epochs, and with `state` the batches done of the next."""
+        self.wait()
+        batch = state.batch if state is not None else 0
+        checkpoint = {
+            "epoch": epoch,
+            "batch": batch,
+            "step": epoch * self.batches + batch,
+            "model": to_host(training.model.state_dict()),
+            "optimizer": to_host(training.optimizer.state_dict()),
+            "scaler": training.scaler.state_dict(),
+            "epoch_state": to_host(vars(state)) if state is not None else None,
+            "rng": rng_states(),
+            "wandb_run_id": wandb_run_id,
+            "metrics": metrics,
+        }
+        path = self.folder / f"checkpoint-e{epoch}-b{batch}.pt"
+        progress = progress_at(epoch, batch or self.batches, self.epochs, self.batches)
+        saved = CheckpointSaved(path=path, epoch=epoch, batch=batch, step=checkpoint["step"], progress=progress)
+        if background:
+            self._writing = threading.Thread(target=self._write_catching, args=(checkpoint, saved), name="checkpoint")
+            self._writing.start()
+        else:
+            self._write(checkpoint, saved)
+
+    def wait(self) -> None:
+        """Until the write under way is complete; raises what it failed with."""
+        if self._writing is not None:
+            self._writing.join()
+            self._writing = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(self, checkpoint: dict[str, Any], saved: CheckpointSaved) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = saved.path.with_name(f"{saved.path.name}.partial")
+        torch.save(checkpoint, partial)
+        os.replace(partial, saved.path)
+        self.reporter.report(saved)
+
+    def _write_catching(self, checkpoint: dict[str, Any], saved: CheckpointSaved) -> None:
+        try:
+            self._write(checkpoint, saved)
+        except BaseException as exc:  # raised in the training's thread by the next wait()
+            self._error = exc
+
+
+def load_checkpoint(path: Path, training: Training) -> dict[str, Any]:
+    """Restore the model, optimizer and loss scaler from a checkpoint; returns it for the rest
+    (where to continue, the RNG states, the W&B run), its epoch under way as an EpochState on the
+    training's device. weights_only: a checkpoint holds no code."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    training.model.load_state_dict(checkpoint["model"])
+    training.optimizer.load_state_dict(checkpoint["optimizer"])
+    training.scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["epoch_state"] is not None:
+        unfinished = checkpoint["epoch_state"]
+        checkpoint["epoch_state"] = EpochState(
+            order=unfinished["order"].to(training.device),
+            interval_loss=unfinished["interval_loss"].to(training.device),
+            epoch_loss=unfinished["epoch_loss"].to(training.device),
+            batch=unfinished["batch"],
+        )
+    return checkpoint
+
+
+def to_host(value: Any) -> Any:
+    """A copy in host memory of the tensors in nested dicts, lists and tuples: the training goes on
+    changing the originals while the copy is written."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value
+
+
+def rng_states() -> dict[str, Any]:
+    """Every generator the training may draw from. CUDA's only once it is in use (asking would
+    start it); numpy's keys as a tensor, which weights_only loading accepts."""
+    kind, keys, position, has_gauss, gauss = numpy.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(numpy.int64)), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    numpy.random.set_state((kind, keys.numpy().astype(numpy.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"][:torch.cuda.device_count()])
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:
