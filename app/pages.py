@@ -224,7 +224,7 @@ def _job_context(
 ) -> dict[str, Any]:
     [public] = reads.job_views(engine, [job], settings.lease_seconds)
     points = reads.metric_points(engine, [job])[job.id]
-    log = reads.read_log(engine, settings, job.id, LOG_TAIL_BYTES)
+    log, _ = reads.read_log(engine, settings, job.id, None, LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
     return {

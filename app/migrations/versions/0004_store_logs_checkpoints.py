@@ -15,15 +15,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('jobs') as batch:
-        batch.add_column(sa.Column('pause_requested', sa.Boolean(), nullable=False, server_default=sa.false()))
-        batch.add_column(sa.Column('checkpoint', sa.JSON(), nullable=True))
-        batch.add_column(sa.Column('resumed_from_epoch', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('resumed_from_batch', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('host', sa.String(length=255), nullable=True))
-        batch.add_column(sa.Column('wandb_attempts', sa.JSON(), nullable=False, server_default='[]'))
-    with op.batch_alter_table('workers') as batch:
-        batch.add_column(sa.Column('store', sa.String(length=1024), nullable=True))
+    # Plain ADD COLUMNs: SQLite takes them in place, where a batch copy of `jobs` would cascade
+    # the deletion of its old table to every row that references a job.
+    op.add_column('jobs', sa.Column('pause_requested', sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column('jobs', sa.Column('checkpoint', sa.JSON(), nullable=True))
+    op.add_column('jobs', sa.Column('resumed_from_epoch', sa.Integer(), nullable=True))
+    op.add_column('jobs', sa.Column('resumed_from_batch', sa.Integer(), nullable=True))
+    op.add_column('jobs', sa.Column('host', sa.String(length=255), nullable=True))
+    op.add_column('jobs', sa.Column('wandb_attempts', sa.JSON(), nullable=False, server_default='[]'))
+    op.add_column('workers', sa.Column('store', sa.String(length=1024), nullable=True))
     op.create_table('job_logs',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('job_id', sa.Integer(), nullable=False),
