@@ -20,7 +20,9 @@ CLIENT_COMMANDS = {
     "status": "show a job's status and metrics",
     "list": "list jobs, newest first: id, status, name, progress, test accuracy, age",
     "logs": "print a job's log (its training process's output)",
-    "cancel": "cancel a queued or running job",
+    "cancel": "cancel a queued, running or paused job",
+    "pause": "pause a queued or running job at a checkpoint",
+    "resume": "put a paused job back in the queue, to continue from its checkpoint",
     "retry": "queue a failed or cancelled job again, as a new job",
     "download": "download a file a job produced (model.pth)",
 }

@@ -87,6 +87,12 @@ class Client:
     def retry(self, job_id: int) -> dict[str, Any]:
         return self._request("POST", f"/jobs/{job_id}/retry")
 
+    def pause(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/pause")
+
+    def resume(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/resume")
+
     def log(self, job_id: int, offset: int | None = None) -> tuple[str, int]:
         """The log's tail (or what follows byte `offset`), and the offset the text ends at."""
         params = {"tail": LOG_CHUNK_BYTES} if offset is None else {"offset": offset, "tail": LOG_CHUNK_BYTES}
@@ -280,6 +286,18 @@ def _cancel(client: Client, args, out: TextIO) -> int:
     return 0
 
 
+def _pause(client: Client, args, out: TextIO) -> int:
+    job = client.pause(args.job_id)
+    print(f"job {job['id']} {'pausing at a checkpoint' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
+    return 0
+
+
+def _resume(client: Client, args, out: TextIO) -> int:
+    job = client.resume(args.job_id)
+    print(f"job {job['id']} {job['status']}: it continues from its checkpoint", file=out)
+    return 0
+
+
 def _retry(client: Client, args, out: TextIO) -> int:
     job = client.retry(args.job_id)
     print(f"job {job['id']} {job['status']} (retry of job {args.job_id}): {client.url}/jobs/{job['id']}", file=out)
@@ -304,6 +322,8 @@ COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
     "list": _list,
     "logs": _logs,
     "cancel": _cancel,
+    "pause": _pause,
+    "resume": _resume,
     "retry": _retry,
     "download": _download,
 }

@@ -255,6 +255,26 @@ def test_cancel_a_queued_job_then_retry_it(make_stack, page):
     expect(page.locator("#summary")).to_contain_text(f"retry of #{job['id']}")
 
 
+def test_pause_a_running_job_and_resume_it_from_its_page(make_stack, page):
+    stack = make_stack()
+    stack.serve()
+    job = stack.submit(
+        name="to-pause", dataset="synthetic", pretrained=False, model="resnet18_cifar", epochs=4, batch_size=16,
+        train_subset=160, test_subset=32, test_batch_size=32, log_interval=1, wandb_mode="disabled",
+    )
+    stack.worker()
+    page.goto(f"{stack.base_url}/jobs/{job['id']}")
+    expect(page.locator("#status")).to_have_text("running", timeout=120_000)
+    page.get_by_role("button", name="Pause").click()
+    expect(page.locator("#status")).to_have_text("paused", timeout=120_000)
+    expect(page.locator("#paused")).to_contain_text("Resume puts it back in the queue")
+    expect(page.locator("#checkpoint")).to_be_visible()
+    page.get_by_role("button", name="Resume").click()
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=240_000)
+    expect(page.locator("#resumed")).to_contain_text("Resumed from its checkpoint after epoch")
+    assert stack.job(job["id"])["attempts"] == 1  # the pause spent no attempt
+
+
 def test_a_bad_value_is_shown_beside_its_field_and_the_rest_is_kept(make_stack, page, screenshot):
     stack = make_stack()
     stack.serve()

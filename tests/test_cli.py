@@ -254,3 +254,18 @@ def test_client_commands_send_the_token(make_stack):
     assert run(without, "list", "--token", token).returncode == 0
     assert run(env, "logs", "1").returncode == 0
     assert run(without, "logs", "1").returncode == 2
+
+
+def test_pause_and_resume_from_the_cli(make_stack):
+    stack = make_stack()
+    stack.serve()
+    trainboard(stack, "submit", *TINY)
+    paused = trainboard(stack, "pause", "1")
+    assert paused.returncode == 0 and paused.stdout.strip() == "job 1 paused"
+    assert stack.job(1)["status"] == "paused"
+    again = trainboard(stack, "pause", "1")
+    assert again.returncode == 2 and "job 1 is paused; cannot pause it" in again.stderr
+    resumed = trainboard(stack, "resume", "1")
+    assert resumed.returncode == 0 and resumed.stdout.strip() == "job 1 queued: it continues from its checkpoint"
+    assert stack.job(1)["status"] == "queued"
+    assert trainboard(stack, "resume", "99").returncode == 2
