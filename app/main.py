@@ -1,14 +1,16 @@
 """The FastAPI application: routes, static files, migrations at start-up."""
 
+import math
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from app import api, metrics, pages, security
+from app import api, inputs, metrics, pages, security
 from app.templating import STATIC_DIR, templates
 from app.db import get_engine, migrate
 from app.settings import Settings, get_settings
@@ -26,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Submit CIFAR-10 / ResNet-18 training jobs; workers train them with W&B logging.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(inputs.refuse_nul)],
     )
     app.state.settings = settings or get_settings()
     app.exception_handler(RequestValidationError)(validation_error)
@@ -50,4 +53,19 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
         location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
         error["field"] = ".".join(location) or None
     message = "; ".join(f"{e['field']}: {e['msg']}" if e["field"] else e["msg"] for e in errors)
-    return JSONResponse({"detail": errors, "message": message}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    content = _json_safe({"detail": errors, "message": message})
+    return JSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
+def _json_safe(value: Any) -> Any:
+    """What a refused request sent, made encodable: NaN and infinities (JSON bodies may spell them,
+    and 1e400 is one) as text, lone surrogates ("\\ud800") replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value

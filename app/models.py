@@ -5,13 +5,12 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator, model_validator
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Index, Integer
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer
 from sqlmodel import SQLModel
 from sqlmodel import Field as ColumnField
 
+from app.inputs import PlainText
 from app.presets import PRESETS, TUTORIAL
-
-
 
 # Where a job is in its lifecycle (the `status` column, the API, the pages and the CLI spell it so).
 class JobStatus(StrEnum):
@@ -27,10 +26,15 @@ ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
 STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, *FINISHED_STATUSES)
 
 # W&B's rules: project names may not contain / \ # ? % :, entities are user or team slugs.
-WandbProject = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\\#?%:\s]+$")]
-WandbEntity = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
-JobName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+WandbProject = Annotated[PlainText, StringConstraints(min_length=1, max_length=128, pattern=r"^[^/\\#?%:\s]+$")]
+WandbEntity = Annotated[PlainText, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Tag = Annotated[PlainText, StringConstraints(min_length=1, max_length=64)]
+JobName = Annotated[PlainText, StringConstraints(min_length=1, max_length=128)]
+
+
+# Ids and the columns that point at them are 64-bit, as the API's ids are. SQLite's INTEGER is
+# already 64-bit, and only an INTEGER primary key numbers new rows there.
+RowId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def utcnow() -> datetime:
@@ -42,6 +46,7 @@ def utcnow() -> datetime:
 class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {"lr": 0.05, "epochs": 3},
@@ -178,7 +183,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 
-    id: int | None = ColumnField(default=None, primary_key=True)
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
     name: str = ColumnField(max_length=128)
     status: str = ColumnField(default=JobStatus.QUEUED, max_length=16)
     params: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -195,7 +200,7 @@ class Job(SQLModel, table=True):
     max_attempts: int = ColumnField(default=3)
     worker_id: str | None = ColumnField(default=None, max_length=128)
     cancel_requested: bool = ColumnField(default=False)
-    retry_of: int | None = ColumnField(default=None, sa_column=Column(Integer, ForeignKey("jobs.id"), nullable=True))
+    retry_of: int | None = ColumnField(default=None, sa_column=Column(RowId, ForeignKey("jobs.id"), nullable=True))
     lease_expires_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
@@ -205,10 +210,11 @@ class Job(SQLModel, table=True):
 # One row per reported point: kind "epoch" (evaluation after an epoch) or "train" (loss every log_interval).
 class JobMetric(SQLModel, table=True):
     __tablename__ = "job_metrics"
-    __table_args__ = (Index("ix_job_metrics_job_kind_step", "job_id", "kind", "step"),)
+    # Every read of a job's points names its attempt and kind and walks them in step order.
+    __table_args__ = (Index("ix_job_metrics_job_attempt_kind_step", "job_id", "attempt", "kind", "step"),)
 
-    id: int | None = ColumnField(default=None, primary_key=True)
-    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
+    job_id: int = ColumnField(sa_column=Column(RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
     attempt: int
     kind: str = ColumnField(max_length=16)
     step: int

@@ -18,15 +18,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.deps import wants_html
+from app.inputs import whole_number
 from app.templating import templates
 
 SESSION_COOKIE = "trainboard_session"
 CSRF_COOKIE = "trainboard_csrf"
 CSRF_FIELD = "csrf_token"
 SESSION_SECONDS = 7 * 24 * 3600
+SESSION_EXPIRY_DIGITS = 12  # a Unix time in seconds, good for 30,000 years
 MAX_BODY_BYTES = 1024 * 1024
 PUBLIC_PATHS = ("/healthz", "/login")
 PUBLIC_PREFIXES = ("/static/",)
@@ -70,7 +73,8 @@ def session_valid(cookie: str | None, token: str) -> bool:
     if not cookie or "." not in cookie:
         return False
     expires, _, signature = cookie.partition(".")
-    if not expires.isdigit() or int(expires) < time.time():
+    moment = whole_number(expires, max_digits=SESSION_EXPIRY_DIGITS)
+    if moment is None or moment < time.time():
         return False
     expected = hmac.new(_session_key(token), f"session.{expires}".encode(), hashlib.sha256).hexdigest()
     return hmac.compare_digest(signature.encode(), expected.encode())
@@ -113,8 +117,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        # Counted in digits first: int() refuses numbers of more than 4,300 digits.
+        if declared.isdigit() and (len(declared) > len(str(self.max_bytes)) or int(declared) > self.max_bytes):
             await _too_large(scope, receive, send, self.max_bytes)
             return
         received = 0
@@ -136,7 +141,13 @@ class BodyLimit:
             if not refused:
                 await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            # A route that reads the body itself (the login form) sees the cut-off as a
+            # disconnect: expected after a 413, so not an error to log.
+            if not refused:
+                raise
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:

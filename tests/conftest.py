@@ -104,6 +104,17 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture
+def database_client(database_url: str, tmp_path: Path) -> Iterator[TestClient]:
+    """The app in-process on SQLite and on PostgreSQL, in turn."""
+    app_settings = Settings(
+        database_url=database_url, artifacts_dir=tmp_path / "artifacts", data_dir=tmp_path / "data",
+        wandb_mode="offline", _env_file=None,
+    )
+    with TestClient(create_app(app_settings), base_url=LOCAL) as client:
+        yield client
+
+
 # ---------------------------------------------------------------------------------------------
 # A small data set in the CIFAR-10 python format (pickled batches as torchvision reads them)
 # ---------------------------------------------------------------------------------------------

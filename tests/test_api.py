@@ -1,12 +1,16 @@
-"""The JSON API against a real SQLite file: submit, validation, listing, reading, 404s, pages."""
+"""The JSON API against a real SQLite file (and PostgreSQL where the databases differ): submit,
+validation, listing, reading, 404s, pages."""
 
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, text
 
+from app import queue
+from app.db import get_engine, is_sqlite, session_scope
 from app.main import create_app
-from app.models import JobCreate
+from app.models import Job, JobCreate
 from app.settings import Settings
 from tests.conftest import LOCAL
 
@@ -114,6 +118,45 @@ def test_unknown_job_is_404(client):
         assert client.get(path).status_code == 404, path
     assert client.post("/jobs/999/cancel").status_code == 404
     assert client.post("/jobs/999/retry").status_code == 404
+
+
+def start_ids_at(engine: Engine, first_id: int) -> None:
+    """Make the next job's id `first_id`: PostgreSQL's sequence moves on; SQLite numbers a new row
+    after the largest id, so a job is put just below it."""
+    if is_sqlite(engine):
+        with session_scope(engine) as session:
+            session.add(Job(id=first_id - 1, name="below", status="cancelled"))
+            session.commit()
+    else:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT setval(pg_get_serial_sequence('jobs', 'id'), :last)"), {"last": first_id - 1})
+
+
+def test_ids_past_32_bits_work_on_both_databases(database_client):
+    client = database_client
+    engine = get_engine(client.app.state.settings.database_url)
+    html = {"Accept": "text/html"}
+    absent = 2**31
+    for path in ("", "/metrics", "/log", "/artifacts/model.pth", "/examples/0.png"):
+        assert client.get(f"/jobs/{absent}{path}").status_code == 404, path
+    for action in ("cancel", "retry"):
+        assert client.post(f"/jobs/{absent}/{action}").status_code == 404, action
+    assert client.get(f"/jobs/{2**63 - 1}").status_code == 404
+    assert client.get(f"/jobs/{absent}", headers=html).status_code == 404
+    assert client.get(f"/jobs/new?clone={absent}", headers=html).status_code == 404
+    assert client.get(f"/compare?ids={absent},{absent + 1}", headers=html).status_code == 404
+
+    first = 2**32 + 7
+    start_ids_at(engine, first)
+    assert client.post("/jobs", json={"name": "big"}).json()["id"] == first
+    claim = queue.claim(engine, "worker-a", 60)
+    assert claim.job_id == first
+    assert queue.record_progress(engine, claim, progress={"epoch": 0, "epochs": 5}, points=[("train", 10, {"train_loss": 2.0})])
+    assert queue.finish(engine, claim, "failed", error="diverged")
+    assert [point["values"] for point in client.get(f"/jobs/{first}/metrics").json()] == [{"train_loss": 2.0}]
+    retried = client.post(f"/jobs/{first}/retry").json()
+    assert retried["id"] == first + 1 and retried["retry_of"] == first
+    assert "big" in client.get(f"/jobs/{first}", headers=html).text
 
 
 def test_artifacts_resolve_only_listed_names(client):
