@@ -96,10 +96,9 @@ def read_job_metrics(
     """One attempt's metric history in (kind, step) order: per epoch (evaluation) and per
     log_interval (train loss). Page a kind with `after_step`; thin it for a chart with `max_points`."""
     job = queue.get_job(engine, job_id)
-    points = reads.job_metrics(
+    return reads.job_metrics(
         engine, job_id, kind, attempt=attempt or job.attempts, after_step=after_step, limit=limit, max_points=max_points
     )
-    return [MetricPoint(attempt=m.attempt, kind=m.kind, step=m.step, values=m.values) for m in points]
 
 
 @router.get("/jobs/{job_id}/log", response_class=PlainTextResponse, responses=NOT_FOUND, tags=["jobs"])

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 # C0 controls (tab and newline included: every field is one line), DEL, C1 controls, the bidi
 # embeddings, overrides and isolates that reorder how the text around them is shown, and unpaired
-# surrogates (a JSON body may spell "\\ud800"; no database can store one).
+# surrogates (a JSON body may spell "\ud800"; no database can store one).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, func, literal, or_, select, tuple_
+from sqlalchemy import BigInteger, Engine, Select, func, literal, or_, select, true, tuple_, union
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
 from app import charts, queue
-from app.db import session_scope
-from app.models import Job, JobMetric, JobStatus, Worker, WorkerPublic, as_utc
+from app.db import is_sqlite, session_scope
+from app.models import Job, JobMetric, JobStatus, MetricPoint, Worker, WorkerPublic, as_utc
 from app.settings import Settings
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def job_metrics(
     after_step: int | None = None,
     limit: int | None = None,
     max_points: int | None = None,
-) -> list[JobMetric]:
+) -> list[MetricPoint]:
     """A job's points in (attempt, kind, step) order: one attempt's or every attempt's, one kind or
     both, only those after `after_step`, at most `limit`. With max_points, each kind keeps at most
     that many, evenly spread over its steps and found by index seeks, so the cost grows with
@@ -94,36 +94,50 @@ def job_metrics(
     if after_step is not None:
         conditions.append(JobMetric.step > after_step)
     kinds = [kind] if kind else list(METRIC_KINDS)
-    query = select(JobMetric).order_by(JobMetric.attempt, JobMetric.kind, JobMetric.step, col(JobMetric.id)).limit(limit)
+    # Columns, not ORM objects: building an ORM object costs more than reading its row.
+    query = (
+        select(JobMetric.attempt, JobMetric.kind, JobMetric.step, JobMetric.values)
+        .order_by(JobMetric.attempt, JobMetric.kind, JobMetric.step)
+        .limit(limit)
+    )
     with session_scope(engine) as session:
         if max_points is None:
-            return list(session.scalars(query.where(*conditions, col(JobMetric.kind).in_(kinds))))
-        ids = [
-            point_id for each_kind in kinds
-            for point_id in _evenly_spread(session, [*conditions, JobMetric.kind == each_kind], max_points)
-        ]
-        return list(session.scalars(query.where(col(JobMetric.id).in_(ids))))
+            # Both kinds: no condition on kind, so PostgreSQL walks the index in order too.
+            query = query.where(*conditions, *([JobMetric.kind == kind] if kind else []))
+        else:
+            spread = [
+                ids for each_kind in kinds
+                if (ids := _evenly_spread(session, [*conditions, JobMetric.kind == each_kind], max_points)) is not None
+            ]
+            if not spread:
+                return []
+            query = query.where(col(JobMetric.id).in_(union(*spread)))
+        rows = session.execute(query)
+        return [MetricPoint(attempt=attempt, kind=kind, step=step, values=values) for attempt, kind, step, values in rows]
 
 
-def _step_bound(conditions: list, bound) -> Any:
-    return select(bound(JobMetric.step)).where(*conditions).scalar_subquery()
+def _step_bound(conditions: list, last: bool = False) -> Any:
+    """The first (or last) step of the matching points: ORDER BY and LIMIT rather than min() or
+    max(), so that it is one index seek whatever the planner's statistics say."""
+    order = JobMetric.step.desc() if last else JobMetric.step
+    return select(JobMetric.step).where(*conditions).order_by(order).limit(1).scalar_subquery()
 
 
-def _evenly_spread(session: Session, conditions: list, count: int) -> list[int]:
-    """The ids of at most `count` points among those matching: the first at or after each of
-    `count` steps spaced evenly from the first step to the last."""
-    # Two subqueries rather than min() and max() in one: SQLite seeks the index only for a lone one.
-    low, high = session.execute(select(_step_bound(conditions, func.min), _step_bound(conditions, func.max))).one()
+def _evenly_spread(session: Session, conditions: list, count: int) -> Select | None:
+    """A query for the ids of at most `count` points among those matching (None when none do):
+    the first at or after each of `count` steps spaced evenly from the first step to the last."""
+    low, high = session.execute(select(_step_bound(conditions), _step_bound(conditions, last=True))).one()
     if low is None:
-        return []
-    targets = select(literal(0, BigInteger).label("position")).cte("targets", recursive=True)
+        return None
+    targets = select(literal(0, BigInteger).label("position")).cte(recursive=True)
     targets = targets.union_all(select(targets.c.position + 1).where(targets.c.position + 1 < count))
     target_step = low + targets.c.position * (high - low) // max(count - 1, 1)
-    first_at = (
-        select(JobMetric.id).where(*conditions, JobMetric.step >= target_step)
-        .order_by(JobMetric.step).limit(1).scalar_subquery()
-    )
-    return list(session.scalars(select(first_at).select_from(targets).distinct()))
+    first_at = select(JobMetric.id).where(*conditions, JobMetric.step >= target_step).order_by(JobMetric.step).limit(1)
+    if is_sqlite(session.get_bind()):
+        return select(first_at.scalar_subquery()).select_from(targets)
+    # PostgreSQL would seek twice for a subquery in a select list; a LATERAL join seeks once.
+    nearest = first_at.lateral()
+    return select(nearest.c.id).select_from(targets).join(nearest, true())
 
 
 def metric_points(engine: Engine, jobs: Iterable[Job]) -> dict[int, dict[str, list[tuple]]]:
@@ -205,11 +219,11 @@ def _train_loss_summary(session: Session, job: Job) -> _LossSummary:
     with _summaries_lock:
         summary = _summaries.get(key)
     if summary is None:
-        low = session.scalar(select(_step_bound(current, func.min)))
+        low = session.scalar(select(_step_bound(current)))
         if low is None:
             return _LossSummary(0, 1, {})
         summary = _LossSummary(low, 1, {})
-    summary = summary.widened(session.scalar(select(_step_bound(current, func.max))))
+    summary = summary.widened(session.scalar(select(_step_bound(current, last=True))))
     resume = max(summary.buckets, default=0)
     fresh = _sum_losses(session, current, summary, resume)
     summary = _LossSummary(summary.low, summary.width, {**summary.buckets, **fresh})
