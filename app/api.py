@@ -117,19 +117,30 @@ def delete_job(job: JobToDelete, engine: EngineDep, settings: SettingsDep) -> No
     queue.delete_job(engine, job.id, settings)
 
 
+# The metric columns (step, attempt) are 32-bit; a training run's steps stay far below.
+MAX_STEP = 2**31 - 1
+METRICS_PAGE_MAX = 10_000
+
+
 @router.get(
     "/jobs/{job_id}/metrics", response_model=list[MetricPoint], responses=NOT_FOUND, dependencies=[KnownQueryOnly],
     tags=["jobs"],
 )
 def read_job_metrics(
-    job_id: JobId, engine: EngineDep, kind: Annotated[Literal["epoch", "train"] | None, Query()] = None
+    job_id: JobId,
+    engine: EngineDep,
+    kind: Annotated[Literal["epoch", "train"] | None, Query(description="epoch or train; both when left out")] = None,
+    attempt: Annotated[int | None, Query(ge=1, le=MAX_STEP, description="default: the job's current attempt")] = None,
+    after_step: Annotated[int | None, Query(ge=0, le=MAX_STEP, description="only points after this step")] = None,
+    limit: Annotated[int, Query(ge=1, le=METRICS_PAGE_MAX)] = METRICS_PAGE_MAX,
+    max_points: Annotated[int | None, Query(ge=1, le=METRICS_PAGE_MAX, description="thin each kind to this many")] = None,
 ) -> list[MetricPoint]:
-    """Every reported point: per epoch (evaluation) and per log_interval (train loss)."""
-    queue.get_job(engine, job_id)  # an unknown job is a 404
-    return [
-        MetricPoint(attempt=m.attempt, kind=m.kind, step=m.step, values=m.values)
-        for m in reads.job_metrics(engine, job_id, kind)
-    ]
+    """One attempt's metric history in (kind, step) order: per epoch (evaluation) and per
+    log_interval (train loss). Page a kind with `after_step`; thin it for a chart with `max_points`."""
+    job = queue.get_job(engine, job_id)
+    return reads.job_metrics(
+        engine, job_id, kind, attempt=attempt or job.attempts, after_step=after_step, limit=limit, max_points=max_points
+    )
 
 
 @router.get(

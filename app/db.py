@@ -3,7 +3,7 @@
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from alembic import command
@@ -58,7 +58,7 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
-@lru_cache
+@cache  # one engine per URL for the process: an evicted engine would leave its pool to the garbage collector
 def get_engine(database_url: str) -> Engine:
     return make_engine(database_url)
 

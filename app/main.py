@@ -1,10 +1,11 @@
 """The FastAPI application: routes, static files, migrations at start-up."""
 
 import difflib
+import math
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -12,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from app import api, metrics, pages, security
+from app import api, inputs, metrics, pages, security
 from app.deps import query_names
 from app.templating import STATIC_DIR, SWAGGER_UI_ASSETS, templates
 from app.db import get_engine, migrate
@@ -33,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # app/pages.py serves /docs from the app's own copy of Swagger UI
         redoc_url=None,
+        dependencies=[Depends(inputs.refuse_nul)],
     )
     app.state.settings = settings = settings or get_settings()
     app.state.login_throttle = security.LoginThrottle()
@@ -65,7 +67,8 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
         elif error["type"] == "extra_forbidden" and (meant := _meant(request, error["loc"])):
             error["msg"] += f"; did you mean `{meant}`?"
     message = "; ".join(f"{e['field']}: {e['msg']}" if e["field"] else e["msg"] for e in errors)
-    return JSONResponse({"detail": errors, "message": message}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+    content = _json_safe({"detail": errors, "message": message})
+    return JSONResponse(content, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
 def _not_json(document: Any, error: dict[str, Any]) -> str:
@@ -102,3 +105,17 @@ def _closest_name(given: str, names: list[str]) -> str | None:
         return initials
     close = difflib.get_close_matches(spelt, names, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+def _json_safe(value: Any) -> Any:
+    """What a refused request sent, made encodable: NaN and infinities (JSON bodies may spell them,
+    and 1e400 is one) as text, lone surrogates ("\\ud800") replaced."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode()
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value

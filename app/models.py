@@ -16,9 +16,8 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, In
 from sqlmodel import SQLModel
 from sqlmodel import Field as ColumnField
 
+from app.inputs import REFUSE_CONTROL
 from app.presets import PRESETS, TUTORIAL
-
-
 
 # Where a job is in its lifecycle (the `status` column, the API, the pages and the CLI spell it so).
 class JobStatus(StrEnum):
@@ -71,16 +70,16 @@ NO_CONTROL = Characters(r"^\x00-\x1f", "control characters such as newlines and 
 
 # W&B's rules: project names may not contain / \ # ? % :, entities are user or team slugs.
 WandbProject = Annotated[
-    str, StringConstraints(min_length=1, max_length=128),
+    str, StringConstraints(min_length=1, max_length=128), REFUSE_CONTROL,
     Characters(r"^/\\#?%:\s", "W&B project names cannot hold / \\ # ? % : or whitespace"),
 ]
 WandbEntity = Annotated[
-    str, StringConstraints(min_length=1, max_length=64),
+    str, StringConstraints(min_length=1, max_length=64), REFUSE_CONTROL,
     Characters(r"A-Za-z0-9_.-", "a W&B user or team is letters, digits, _ . and -"),
 ]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), NO_CONTROL]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=64), REFUSE_CONTROL, NO_CONTROL]
 Tags = Annotated[list[Tag], Field(max_length=16)]
-JobName = Annotated[str, StringConstraints(min_length=1, max_length=128), NO_CONTROL]
+JobName = Annotated[str, StringConstraints(min_length=1, max_length=128), REFUSE_CONTROL, NO_CONTROL]
 MAX_NOTES = 10_000
 # Free text: lines and tabs are kept (a browser's CRLF becomes LF), other control characters refused.
 Notes = Annotated[
@@ -93,6 +92,11 @@ Notes = Annotated[
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 # TRAINBOARD_TOKEN acts as this user, an admin; jobs from before users existed are theirs too.
 ADMIN_NAME = "admin"
+
+
+# Ids and the columns that point at them are 64-bit, as the API's ids are. SQLite's INTEGER is
+# already 64-bit, and only an INTEGER primary key numbers new rows there.
+RowId = BigInteger().with_variant(Integer, "sqlite")
 
 
 def utcnow() -> datetime:
@@ -123,6 +127,7 @@ TRAIN_IMAGES: dict[str, int] = {"cifar10": 50_000, "synthetic": 10_000}
 class JobCreate(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {"lr": 0.05, "epochs": 3},
@@ -324,7 +329,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_owner_id", "owner", "id"),
     )
 
-    id: int | None = ColumnField(default=None, primary_key=True)
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
     name: str = ColumnField(max_length=128)
     owner: str = ColumnField(default=ADMIN_NAME, max_length=64, sa_column_kwargs={"server_default": ADMIN_NAME})
     status: str = ColumnField(default=JobStatus.QUEUED, max_length=16)
@@ -343,7 +348,7 @@ class Job(SQLModel, table=True):
     max_attempts: int = ColumnField(default=3)
     worker_id: str | None = ColumnField(default=None, max_length=128)
     cancel_requested: bool = ColumnField(default=False)
-    retry_of: int | None = ColumnField(default=None, sa_column=Column(Integer, ForeignKey("jobs.id"), nullable=True))
+    retry_of: int | None = ColumnField(default=None, sa_column=Column(RowId, ForeignKey("jobs.id"), nullable=True))
     pause_requested: bool = ColumnField(default=False)
     # The last checkpoint in the store: {"epoch", "batch", "step", "at", "key", "size", "attempt"}.
     checkpoint: dict[str, Any] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
@@ -363,7 +368,7 @@ class Job(SQLModel, table=True):
 class DeletedJob(SQLModel, table=True):
     __tablename__ = "deleted_jobs"
 
-    id: int = ColumnField(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    id: int = ColumnField(sa_column=Column(RowId, primary_key=True, autoincrement=False))
     status: str = ColumnField(max_length=16)
     created_at: datetime = ColumnField(sa_column=Column(DateTime(timezone=True), nullable=False))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
@@ -373,10 +378,11 @@ class DeletedJob(SQLModel, table=True):
 # One row per reported point: kind "epoch" (evaluation after an epoch) or "train" (loss every log_interval).
 class JobMetric(SQLModel, table=True):
     __tablename__ = "job_metrics"
-    __table_args__ = (Index("ix_job_metrics_job_kind_step", "job_id", "kind", "step"),)
+    # Every read of a job's points names its attempt and kind and walks them in step order.
+    __table_args__ = (Index("ix_job_metrics_job_attempt_kind_step", "job_id", "attempt", "kind", "step"),)
 
-    id: int | None = ColumnField(default=None, primary_key=True)
-    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
+    job_id: int = ColumnField(sa_column=Column(RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
     attempt: int
     kind: str = ColumnField(max_length=16)
     step: int
@@ -389,8 +395,8 @@ class JobLog(SQLModel, table=True):
     __tablename__ = "job_logs"
     __table_args__ = (Index("ix_job_logs_job_attempt_offset", "job_id", "attempt", "offset"),)
 
-    id: int | None = ColumnField(default=None, primary_key=True)
-    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
+    job_id: int = ColumnField(sa_column=Column(RowId, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False))
     attempt: int
     offset: int = ColumnField(sa_column=Column(BigInteger, nullable=False))
     text: str = ColumnField(sa_column=Column(Text, nullable=False))
@@ -400,7 +406,7 @@ class JobLog(SQLModel, table=True):
 class JobExample(SQLModel, table=True):
     __tablename__ = "job_examples"
 
-    job_id: int = ColumnField(sa_column=Column(Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True))
+    job_id: int = ColumnField(sa_column=Column(RowId, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True))
     position: int = ColumnField(primary_key=True)
     epoch: int
     caption: str = ColumnField(max_length=256)

@@ -21,6 +21,7 @@ from app.deps import (
     MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, PageRoute, SettingsDep,
 )
 from app.formatting import loss, param_value, percent, progress_view
+from app.inputs import whole_number
 from app.models import (
     ACTIVE_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, UserName, utcnow,
 )
@@ -323,10 +324,11 @@ def _parse_ids(raw: list[str]) -> tuple[list[int], str | None]:
     for part in (piece.strip() for value in raw for piece in value.split(",")):
         if not part:
             continue
-        if not part.isdigit() or not 1 <= int(part) <= MAX_JOB_ID:
+        job_id = whole_number(part, max_digits=len(str(MAX_JOB_ID)))
+        if job_id is None or not 1 <= job_id <= MAX_JOB_ID:
             return [], f"{part!r} is not a job id."
-        if int(part) not in ids:
-            ids.append(int(part))
+        if job_id not in ids:
+            ids.append(job_id)
     if not COMPARE_MIN <= len(ids) <= COMPARE_MAX:
         return ids, f"Pick {COMPARE_MIN} to {COMPARE_MAX} jobs to compare; {len(ids)} given."
     return ids, None

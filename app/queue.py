@@ -31,6 +31,8 @@ from app.store import StoreError
 log = logging.getLogger("trainboard.queue")
 
 NOTIFY_CHANNEL = "trainboard_jobs"
+# PostgreSQL advisory lock that capped submits take in turn (app/db.py's migration lock is another).
+SUBMIT_LOCK_KEY = 7240522
 
 
 class JobNotFound(LookupError):
@@ -81,6 +83,7 @@ def submit(
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
     with _write_session(engine) as session:
         if max_queued is not None:
+            _serialise_submits(session)
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
@@ -590,6 +593,14 @@ def _write_session(engine: Engine) -> Session:
     if is_sqlite(engine):
         engine = engine.execution_options(sqlite_begin="IMMEDIATE")
     return Session(engine, expire_on_commit=False)
+
+
+def _serialise_submits(session: Session) -> None:
+    """Count-then-insert under a cap must not interleave. SQLite: _write_session's BEGIN IMMEDIATE
+    already holds the write lock. PostgreSQL: an advisory lock held until this transaction ends
+    (READ COMMITTED would let every concurrent submit count the same queue)."""
+    if not is_sqlite(session.get_bind()):
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
 
 
 def _notify(session: Session) -> None:

@@ -29,6 +29,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -151,8 +152,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        # Counted in digits first: int() refuses numbers of more than 4,300 digits.
+        if declared.isdigit() and (len(declared) > len(str(self.max_bytes)) or int(declared) > self.max_bytes):
             await _refuse(scope, receive, send, status.HTTP_413_CONTENT_TOO_LARGE, f"request body larger than {self.max_bytes} bytes")
             return
         loop = asyncio.get_running_loop()
@@ -185,7 +187,13 @@ class BodyLimit:
             if not refused:
                 await send(message)
 
-        await self.app(scope, limited_receive, guarded_send)
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            # A route that reads the body itself (the login form) sees the cut-off as a
+            # disconnect: expected after a 413, so not an error to log.
+            if not refused:
+                raise
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, code: int, detail: str) -> None:

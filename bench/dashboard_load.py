@@ -6,7 +6,7 @@ batches, as the tutorial's config logs on CIFAR-10: 40,000 metric rows), starts 
 `trainboard serve`, and times sequential requests to each page after a warm-up. GET /healthz,
 which touches the database but renders nothing, is the baseline of the same run. "first" is
 each page's first request: for the 500-epoch job that is the uncached averaging of its 39,500
-train-loss points, which later views (and the live poll) reuse until the job reports progress.
+train-loss points, which later views (and the live poll) reuse, summing only points reported since.
 Then several clients at once, to see the app's resident memory under load.
 
     .venv/bin/python -m bench.dashboard_load
@@ -25,6 +25,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -127,6 +129,34 @@ def fill(database_url: str, job_count: int, long_epochs: int, seed: int = 0) -> 
 # ---------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def running_app(database_url: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A real `trainboard serve` on the database, once it answers /healthz: (process, base URL)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TRAINBOARD_")}
+    env.update(TRAINBOARD_DATABASE_URL=database_url, TRAINBOARD_ARTIFACTS_DIR=str(workdir / "artifacts"),
+               TRAINBOARD_DATA_DIR=str(workdir / "data"), TRAINBOARD_LOG_LEVEL="WARNING")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(workdir / "serve.log", "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                                  env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit(f"the app did not start:\n{(workdir / 'serve.log').read_text()}")
+                time.sleep(0.1)
+            yield server, base
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """(resident now, peak resident) of a process, from /proc."""
     fields = {}
@@ -167,26 +197,8 @@ def main() -> int:
     long_job = fill(database_url, args.jobs, args.epochs)
     print(f"fill took {time.perf_counter() - started:.1f}s; database {Path(workdir / 'bench.db').stat().st_size / 1e6:.1f} MB")
 
-    port = free_port()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TRAINBOARD_")}
-    env.update(TRAINBOARD_DATABASE_URL=database_url, TRAINBOARD_ARTIFACTS_DIR=str(workdir / "artifacts"),
-               TRAINBOARD_DATA_DIR=str(workdir / "data"), TRAINBOARD_LOG_LEVEL="WARNING")
-    log = open(workdir / "serve.log", "wb")
-    server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                              env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
+    with running_app(database_url, workdir) as (server, base):
         with httpx.Client(base_url=base, timeout=30) as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit(f"the app did not start:\n{(workdir / 'serve.log').read_text()}")
-                time.sleep(0.1)
             idle_rss, _ = memory_mb(server.pid)
 
             some_jobs = ",".join(str(job_id) for job_id in [long_job, *range(args.jobs - 8, args.jobs + 1)])
@@ -226,10 +238,6 @@ def main() -> int:
             thread.join()
         load_seconds = time.perf_counter() - load_started
         rss, peak = memory_mb(server.pid)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
     print(f"\n{args.jobs} jobs, SQLite, {args.requests} sequential requests per page after {args.warmup} warm-up\n")
     print("| request | first ms | p50 ms | p95 ms | max ms | target |")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select, text
 
 from app import queue
-from app.db import get_engine, session_scope
+from app.db import get_engine, is_sqlite, session_scope
 from app.main import create_app
-from app.models import JobCreate, JobMetric, Worker
+from app.models import Job, JobCreate, JobMetric, Worker, as_utc
 from app.settings import Settings
 from tests.conftest import LOCAL
 
@@ -147,6 +147,113 @@ def test_unknown_job_is_404(client):
         assert client.get(path).status_code == 404, path
     assert client.post("/jobs/999/cancel").status_code == 404
     assert client.post("/jobs/999/retry").status_code == 404
+
+
+def start_ids_at(engine: Engine, first_id: int) -> None:
+    """Make the next job's id `first_id`: PostgreSQL's sequence moves on; SQLite numbers a new row
+    after the largest id, so a job is put just below it."""
+    if is_sqlite(engine):
+        with session_scope(engine) as session:
+            session.add(Job(id=first_id - 1, name="below", status="cancelled"))
+            session.commit()
+    else:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT setval(pg_get_serial_sequence('jobs', 'id'), :last)"), {"last": first_id - 1})
+
+
+def test_ids_past_32_bits_work_on_both_databases(db_client):
+    client = db_client
+    engine = get_engine(client.app.state.settings.database_url)
+    html = {"Accept": "text/html"}
+    absent = 2**31
+    for path in ("", "/metrics", "/log", "/artifacts/model.pth", "/examples/0.png"):
+        assert client.get(f"/jobs/{absent}{path}").status_code == 404, path
+    for action in ("cancel", "retry"):
+        assert client.post(f"/jobs/{absent}/{action}").status_code == 404, action
+    assert client.get(f"/jobs/{2**63 - 1}").status_code == 404
+    assert client.get(f"/jobs/{absent}", headers=html).status_code == 404
+    assert client.get(f"/jobs/new?clone={absent}", headers=html).status_code == 404
+    assert client.get(f"/compare?ids={absent},{absent + 1}", headers=html).status_code == 404
+
+    first = 2**32 + 7
+    start_ids_at(engine, first)
+    assert client.post("/jobs", json={"name": "big"}).json()["id"] == first
+    claim = queue.claim(engine, "worker-a", 60)
+    assert claim.job_id == first
+    assert queue.record_progress(engine, claim, progress={"epoch": 0, "epochs": 5}, points=[("train", 10, {"train_loss": 2.0})])
+    assert queue.finish(engine, claim, "failed", error="diverged")
+    assert [point["values"] for point in client.get(f"/jobs/{first}/metrics").json()] == [{"train_loss": 2.0}]
+    retried = client.post(f"/jobs/{first}/retry").json()
+    assert retried["id"] == first + 1 and retried["retry_of"] == first
+    assert "big" in client.get(f"/jobs/{first}", headers=html).text
+
+
+def report_points(engine: Engine, points: list[tuple[str, int, dict]]) -> queue.Claim:
+    """Claim the oldest queued job and report `points` for it, as a worker does."""
+    claim = queue.claim(engine, "worker-a", 60)
+    for start in range(0, len(points), 5000):
+        assert queue.record_progress(engine, claim, progress={"epoch": 1, "epochs": 5}, points=points[start:start + 5000])
+    return claim
+
+
+def test_metrics_are_paged_by_step_and_thinned_on_both_databases(db_client):
+    client = db_client
+    engine = get_engine(client.app.state.settings.database_url)
+    job = client.post("/jobs", json={}).json()
+    train = [("train", step, {"batch": step, "train_loss": 1 / step}) for step in range(10, 25_001, 10)]
+    epochs = [("epoch", epoch, {"epoch": epoch, "test_accuracy": 10.0 * epoch}) for epoch in range(1, 6)]
+    report_points(engine, train + epochs)
+    url = f"/jobs/{job['id']}/metrics"
+
+    everything = client.get(url).json()
+    assert [(point["kind"], point["step"]) for point in everything] == [(kind, step) for kind, step, _ in epochs + train]
+    assert everything[-1] == {"attempt": 1, "kind": "train", "step": 25_000, "values": {"batch": 25_000, "train_loss": 1 / 25_000}}
+
+    pages, after_step = [], 0
+    while page := client.get(url, params={"kind": "train", "limit": 1000, "after_step": after_step}).json():
+        pages.append(page)
+        after_step = page[-1]["step"]
+    assert [len(page) for page in pages] == [1000, 1000, 500]
+    assert [point["step"] for page in pages for point in page] == [step for _, step, _ in train]
+
+    thinned = client.get(url, params={"kind": "train", "max_points": 100}).json()
+    steps = [point["step"] for point in thinned]
+    assert len(steps) == 100 and steps[0] == 10 and steps[-1] == 25_000
+    assert {later - earlier for earlier, later in zip(steps, steps[1:])} <= {250, 260}
+    assert all(point["values"] == {"batch": point["step"], "train_loss": 1 / point["step"]} for point in thinned)
+
+    tail = [point["step"] for point in client.get(url, params={"kind": "train", "max_points": 10, "after_step": 20_000}).json()]
+    assert len(tail) == 10 and tail[0] == 20_010 and tail[-1] == 25_000
+    assert len(client.get(url, params={"kind": "train", "max_points": 5000}).json()) == len(train)
+    both = client.get(url, params={"max_points": 3}).json()
+    assert [(point["kind"], point["step"]) for point in both] == [
+        ("epoch", 1), ("epoch", 3), ("epoch", 5), ("train", 10), ("train", 12_510), ("train", 25_000)
+    ]
+
+
+def test_metrics_cap_an_unparameterised_read_and_follow_the_current_attempt(client, settings):
+    engine = get_engine(settings.database_url)
+    job = client.post("/jobs", json={}).json()
+    claim = report_points(engine, [("train", step, {"train_loss": 1.0}) for step in range(1, 12_001)])
+    url = f"/jobs/{job['id']}/metrics"
+    first = client.get(url).json()
+    assert len(first) == 10_000 and first[-1]["step"] == 10_000
+
+    queue.reap_expired(engine, now=as_utc(queue.get_job(engine, claim.job_id).lease_expires_at) + timedelta(seconds=1))
+    report_points(engine, [("train", 5, {"train_loss": 2.0})])
+    assert client.get(url).json() == [{"attempt": 2, "kind": "train", "step": 5, "values": {"train_loss": 2.0}}]
+    assert len(client.get(url, params={"attempt": 1, "after_step": 11_000}).json()) == 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("limit", 0), ("limit", 10_001), ("max_points", 0), ("max_points", 10_001), ("after_step", -1),
+     ("after_step", 2**31), ("attempt", 0), ("kind", "loss")],
+)
+def test_metrics_parameters_out_of_bounds_are_refused_naming_them(client, field, value):
+    job = client.post("/jobs", json={}).json()
+    response = client.get(f"/jobs/{job['id']}/metrics", params={field: value})
+    assert response.status_code == 422 and response.json()["detail"][0]["field"] == field
 
 
 def test_artifacts_resolve_only_listed_names(client):

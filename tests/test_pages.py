@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 
 from app import forms, queue
 from app.db import get_engine
@@ -355,6 +356,51 @@ def test_job_page_with_many_epochs_folds_the_table_and_thins_the_step_chart(clie
     assert len(chart_titles(html, "test-accuracy-chart")) == 400
     steps = chart_titles(html, "train-loss-steps-chart")
     assert len(steps) == 200 and steps[0] == "batch 1–2 (mean of 2): 0.7500"
+
+
+def test_a_live_refresh_sums_only_the_train_loss_points_that_arrived(client, engine):
+    """The page of a running job is polled every two seconds: a look sums the points that arrived
+    since the last one (and its last bucket again), not the whole history. The work is counted in
+    SQLite's virtual-machine steps, which do not depend on the machine's speed."""
+    submit(client, name="long-run", epochs=1000)
+    claim = queue.claim(engine, "test-worker", 60)
+
+    def report(first: int, last: int) -> None:
+        assert queue.record_progress(
+            engine, claim, progress={"epoch": 0, "epochs": 1000, "batch": last, "batches": 100_000},
+            points=[("train", step, {"train_loss": 1.0 + step % 7}) for step in range(first, last + 1)],
+        )
+
+    def covered(html: str) -> tuple[int, int]:
+        """How many points the chart's buckets hold, and the last step they reach; the last
+        bucket's mean checked against the points in it."""
+        titles = chart_titles(html, "train-loss-steps-chart")
+        counts = [int(match.group(1)) if (match := re.search(r"mean of (\d+)", t)) else 1 for t in titles]
+        first, last, count, mean = re.fullmatch(r"batch (\d+)(?:–(\d+) \(mean of (\d+)\))?: ([\d.]+)", titles[-1]).groups()
+        steps = range(int(first), int(last or first) + 1)
+        assert int(count or 1) == len(steps) and mean == f"{sum(1.0 + step % 7 for step in steps) / len(steps):.4f}"
+        return sum(counts), steps[-1]
+
+    work = [0]
+
+    def count_steps() -> int:
+        work[0] += 1
+        return 0
+
+    def install(dbapi_connection, _record, _proxy):
+        dbapi_connection.set_progress_handler(count_steps, 1000)
+
+    event.listen(engine, "checkout", install)
+    try:
+        report(1, 60_000)
+        assert covered(page(client, "/jobs/1")) == (60_000, 60_000)
+        cold, work[0] = work[0], 0
+        report(60_001, 60_100)
+        assert covered(page(client, "/jobs/1/live")) == (60_100, 60_100)
+        refresh = work[0]
+    finally:
+        event.remove(engine, "checkout", install)
+    assert refresh * 20 < cold, (refresh, cold)
 
 
 def test_a_diverged_run_with_nan_losses_still_has_its_charts(client, engine):

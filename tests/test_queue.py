@@ -77,6 +77,30 @@ def test_four_processes_claim_each_of_200_jobs_exactly_once(engine: Engine):
     assert all(job.worker_id == owner[job.id] and job.attempts == 1 for job in jobs)
 
 
+def test_the_queued_cap_holds_exactly_under_40_concurrent_submits(engine: Engine):
+    cap, submitters = 5, 40
+    start = threading.Barrier(submitters)
+    outcomes: list[str] = []
+
+    def submit_capped() -> None:
+        start.wait(timeout=60)
+        try:
+            queue.submit(
+                engine, JobCreate(**JOB_PARAMS), default_wandb_mode="disabled", max_attempts=1, max_queued=cap
+            )
+            outcomes.append("queued")
+        except queue.QueueFull:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=submit_capped) for _ in range(submitters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sorted(outcomes) == ["queued"] * cap + ["refused"] * (submitters - cap)
+    assert reads.list_jobs(engine, status="queued", limit=100, offset=0).total == cap
+
+
 def test_claim_takes_the_oldest_queued_job_and_sets_a_lease(engine: Engine):
     first, second = submit(engine), submit(engine)
     before = utcnow()

@@ -13,6 +13,9 @@ down_revision = '0003'
 branch_labels = None
 depends_on = None
 
+# 64-bit on PostgreSQL as jobs.id is (0002a); SQLite's INTEGER is 64-bit already.
+ROW_ID = sa.BigInteger().with_variant(sa.Integer(), 'sqlite')
+
 
 def upgrade() -> None:
     # Plain ADD COLUMNs: SQLite takes them in place, where a batch copy of `jobs` would cascade
@@ -25,8 +28,8 @@ def upgrade() -> None:
     op.add_column('jobs', sa.Column('wandb_attempts', sa.JSON(), nullable=False, server_default='[]'))
     op.add_column('workers', sa.Column('store', sa.String(length=1024), nullable=True))
     op.create_table('job_logs',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('job_id', sa.Integer(), nullable=False),
+    sa.Column('id', ROW_ID, nullable=False),
+    sa.Column('job_id', ROW_ID, nullable=False),
     sa.Column('attempt', sa.Integer(), nullable=False),
     sa.Column('offset', sa.BigInteger(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
@@ -35,7 +38,7 @@ def upgrade() -> None:
     )
     op.create_index('ix_job_logs_job_attempt_offset', 'job_logs', ['job_id', 'attempt', 'offset'], unique=False)
     op.create_table('job_examples',
-    sa.Column('job_id', sa.Integer(), nullable=False),
+    sa.Column('job_id', ROW_ID, nullable=False),
     sa.Column('position', sa.Integer(), nullable=False),
     sa.Column('epoch', sa.Integer(), nullable=False),
     sa.Column('caption', sa.String(length=256), nullable=False),
