@@ -1,19 +1,21 @@
 """What checkpoints cost: the seconds one adds to an epoch, and how much later a resumed attempt
 starts training than a fresh one.
 
-(a) Epochs with a checkpoint after each (checkpoint_every=1) against epochs without
-    (checkpoint_every=0): worker.train.run in this process, the tutorial config, the same seed,
-    in alternating rounds. An epoch here is the wall time from one epoch's end to the next, so it
-    holds one checkpoint: the copy of the state to host memory, which stalls the training, and
-    the file written by a thread while the next epoch trains. The first epoch of every run is
-    warm-up and has no interval before it. Per run the median epoch; the added seconds are the
-    median over the rounds of (with - without). The copy and the whole write are also timed on
-    their own.
+(a) An epoch with a checkpoint (checkpoint_every=1) against one without (checkpoint_every=0):
+    worker.train.run in this process, the tutorial config. Each round is one run with
+    checkpoint_every=2, whose epochs alternate without and with a checkpoint, so that the two of
+    a pair are measured seconds apart and the load of other processes on a shared machine mostly
+    cancels out (separate runs minutes apart differ by more than a checkpoint costs). An epoch is
+    the wall time from one epoch's end to the next: with a checkpoint, that holds the copy of the
+    state to host memory, which stalls the training, and the file written by a thread while the
+    epoch trains. The first epoch of every run is warm-up and has no interval before it. The
+    added seconds are the median over all pairs of (with - without). The copy and the whole
+    write are also timed on their own.
 (b) A real `python -m worker.child` from its start to its first training step, from scratch and
     resumed from a checkpoint of the same job, alternating; medians.
 
     .venv/bin/python -m bench.checkpoint_cost                       # tutorial config, this machine
-    .venv/bin/python -m bench.checkpoint_cost --train-size 50000 --rounds 1
+    .venv/bin/python -m bench.checkpoint_cost --train-size 50000 --rounds 1 --pairs 2
 
 Images are the synthetic set (CIFAR-10's shape; speed does not depend on content); W&B disabled.
 The percentage is also given against a full CIFAR-10 training epoch at the measured rate.
@@ -32,7 +34,7 @@ import torch
 from app.models import JobCreate
 from app.presets import resolve
 from app.settings import JobFiles
-from bench.train_speed import describe
+from bench.train_speed import describe, trainboard_run
 from tests.support.child import SpawnedChild
 from worker import train
 from worker.data import ImageSet, synthetic
@@ -61,35 +63,24 @@ class EpochClock(RecordingReporter):
 # ---------------------------------------------------------------------------------------------
 
 
-def timed_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> EpochClock:
-    clock = EpochClock()
-    files = JobFiles(Path(tempfile.mkdtemp(dir=work_dir)))
-    train.run(
-        JobCreate.model_validate(params), name="bench", files=files, data_dir=work_dir, cifar_verify=False,
-        reporter=clock, data=data,
-    )
-    return clock
-
-
-def epoch_cost(data: ImageSet, params: dict[str, Any], rounds: int, work_dir: Path) -> dict[str, Any]:
-    with_checkpoints, without, added = [], [], []
-    rates = []
+def epoch_cost(data: ImageSet, params: dict[str, Any], rounds: int, pairs: int, work_dir: Path) -> dict[str, Any]:
+    without, checkpointed, added, rates = [], [], [], []
     for round_number in range(1, rounds + 1):
-        medians = {}
-        for every in (1, 0):
-            clock = timed_run(data, {**params, "checkpoint_every": every}, work_dir)
-            epochs = [later - earlier for earlier, later in zip(clock.epoch_ends, clock.epoch_ends[1:])]
-            medians[every] = statistics.median(epochs)
-            (with_checkpoints if every else without).append(medians[every])
-            if not every:
-                rates += [epoch["train_images_per_second"] for epoch in clock.epochs[1:]]
-            print(f"  round {round_number}, checkpoint_every={every}: epochs {fmt(epochs)} s", flush=True)
-        added.append(medians[1] - medians[0])
+        run_params = {**params, "epochs": 2 * pairs + 1, "checkpoint_every": 2}
+        clock = trainboard_run(data, run_params, work_dir, EpochClock())
+        epochs = [later - earlier for earlier, later in zip(clock.epoch_ends, clock.epoch_ends[1:])]
+        # Epoch 2 follows epoch 1, which has no checkpoint; epoch 3 follows epoch 2's; and so on.
+        plain, with_checkpoint = epochs[0::2], epochs[1::2]
+        without += plain
+        checkpointed += with_checkpoint
+        added += [later - earlier for earlier, later in zip(plain, with_checkpoint)]
+        rates += [epoch["train_images_per_second"] for epoch in clock.epochs if epoch["epoch"] % 2 == 0]
+        print(f"  round {round_number}: epochs without {fmt(plain)} s, with a checkpoint {fmt(with_checkpoint)} s", flush=True)
     return {
-        "with": statistics.median(with_checkpoints),
         "without": statistics.median(without),
+        "with": statistics.median(checkpointed),
         "added": statistics.median(added),
-        "rounds": added,
+        "pairs": added,
         "train_rate": statistics.median(rates),
     }
 
@@ -159,31 +150,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-size", type=int, default=1024, help="training images per epoch (default 1024)")
     parser.add_argument("--test-size", type=int, default=256, help="test images evaluated every epoch (default 256)")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per timed run; the first is warm-up (default 5)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a) (default 3)")
+    parser.add_argument("--pairs", type=int, default=4, help="pairs of epochs without and with a checkpoint a run (default 4)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of (a) (default 2)")
     parser.add_argument("--repeats", type=int, default=5, help="child starts of (b), each way (default 5)")
     args = parser.parse_args()
 
     params = resolve(
-        pretrained=False, dataset="synthetic", use_cuda=False, wandb_mode="disabled", epochs=args.epochs,
-        train_subset=None, test_subset=None,
+        pretrained=False, dataset="synthetic", use_cuda=False, wandb_mode="disabled", train_subset=None, test_subset=None,
     )
     data = synthetic(args.train_size, args.test_size)
     print(
         f"device: {describe(torch.device('cpu'))}; torch {torch.__version__}\n"
         f"tutorial config: model {params['model']}, batch {params['batch_size']}, {params['optimizer']}; "
-        f"{args.train_size} training and {args.test_size} test images an epoch, {args.epochs} epochs a run",
+        f"{args.train_size} training and {args.test_size} test images an epoch, {2 * args.pairs + 1} epochs a run",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="trainboard-bench-") as work:
         work_dir = Path(work)
-        print("(a) epochs with a checkpoint after each against epochs without", flush=True)
-        cost = epoch_cost(data, params, args.rounds, work_dir)
+        print("(a) epochs with a checkpoint against epochs without, alternating in each run", flush=True)
+        cost = epoch_cost(data, params, args.rounds, args.pairs, work_dir)
         write = write_cost(params, work_dir)
         full_epoch = CIFAR10_TRAIN_IMAGES / cost["train_rate"]
         print(
-            f"epoch without checkpoints: {cost['without']:.2f} s, with: {cost['with']:.2f} s\n"
-            f"added by a checkpoint:     {cost['added']:.2f} s (rounds {fmt(cost['rounds'])}), "
+            f"epoch without a checkpoint: {cost['without']:.2f} s, with: {cost['with']:.2f} s (medians)\n"
+            f"added by a checkpoint:      {cost['added']:.2f} s (pairs {fmt(cost['pairs'])}), "
             f"{100 * cost['added'] / cost['without']:.1f}% of this epoch, "
             f"{100 * cost['added'] / full_epoch:.2f}% of a CIFAR-10 epoch ({full_epoch:.0f} s of training at "
             f"{cost['train_rate']:.0f} images/s)\n"

@@ -72,8 +72,11 @@ def tutorial_data_rate(data: ImageSet, params: dict[str, Any], device: torch.dev
 # ---------------------------------------------------------------------------------------------
 
 
-def trainboard_run(data: ImageSet, params: dict[str, Any], work_dir: Path) -> RecordingReporter:
-    recorder = RecordingReporter()
+def trainboard_run(
+    data: ImageSet, params: dict[str, Any], work_dir: Path, recorder: RecordingReporter | None = None
+) -> RecordingReporter:
+    """`recorder`: one that records more (bench/checkpoint_cost.py's epoch clock)."""
+    recorder = recorder or RecordingReporter()
     files = JobFiles(Path(tempfile.mkdtemp(dir=work_dir)))
     train.run(
         JobCreate.model_validate(params), name="bench", files=files, data_dir=work_dir, cifar_verify=False,

@@ -185,14 +185,15 @@ def run(
     except BaseException:
         tracker.finish(exit_code=1)
         raise
-    # A run finished cleanly can be resumed by the next attempt.
+    # Stopped for a checkpoint too: a run finished cleanly is one the next attempt can continue.
     tracker.finish()
     if not stopped:
         reporter.report(Result(metrics=metrics, artifacts=[{"name": model_path.name, "size": model_path.stat().st_size}]))
 
 
 def progress_at(epoch: int, batch: int, epochs: int, batches: int) -> dict[str, Any]:
-    """The job's progress after `epoch` finished epochs and `batch` batches of the next."""
+    """The job's progress: `epoch` epochs finished and `batch` of `batches` batches into the next;
+    batch == batches is also an epoch's end, which `epoch` already counts."""
     return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
 
 
@@ -476,7 +477,7 @@ class CheckpointWriter:
             "metrics": metrics,
         }
         path = self.folder / f"checkpoint-e{epoch}-b{batch}.pt"
-        progress = progress_at(epoch, batch or self.batches, self.epochs, self.batches)
+        progress = progress_at(epoch, batch if state is not None else self.batches, self.epochs, self.batches)
         saved = CheckpointSaved(path=path, epoch=epoch, batch=batch, step=checkpoint["step"], progress=progress)
         if background:
             self._writing = threading.Thread(target=self._write_catching, args=(checkpoint, saved), name="checkpoint")
