@@ -354,8 +354,9 @@ class Lease:
 
 
 class HostFault(RuntimeError):
-    """This host cannot run jobs now (its artifact store is unreachable, say): the job went back
-    to the queue without spending its attempt, and the slot backs off."""
+    """This host cannot run jobs now (its scratch folder cannot be written, its artifact store is
+    unreachable): the job went back to the queue without spending its attempt, and the slot
+    stops claiming until the host recovers."""
 
 
 class JobRun:
@@ -384,7 +385,13 @@ class JobRun:
             self._release()  # claimed just as the worker began to stop: no child to start
             return
         self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
-        self.files.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+            with self.files.log.open("ab"):
+                pass
+        except OSError as exc:
+            self._release()
+            raise HostFault(f"cannot write its scratch folder: {exc}") from exc
         header = f"==== attempt {self.claim.attempt} on {self.worker_id} ({self.settings.host_name}, {self.slot.device})\n"
         try:
             resume_from, header = self._resume_point(header)
@@ -421,11 +428,11 @@ class JobRun:
         elif ending is Ending.STOPPED:
             self._release()
         elif ending is Ending.PAUSED:
-            if self.lease.write(lambda: queue.pause(self.engine, self.claim)):
-                self.log.info("job %d paused at its checkpoint", self.claim.job_id)
+            self._record("pause", "paused at its checkpoint", lambda: queue.pause(self.engine, self.claim))
         elif ending is Ending.CANCELLED:
-            self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"))
-            self.log.info("job %d cancelled", self.claim.job_id)
+            self._record("cancel", "cancelled", lambda: queue.finish(
+                self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"
+            ))
         else:
             self._finish(child.returncode, events, output)
 
@@ -546,13 +553,24 @@ class JobRun:
             lambda: queue.record_progress(self.engine, self.claim, progress=progress, metrics=metrics, points=points)
         )
 
+    def _record(self, what: str, done: str, operation: Callable[[], bool]) -> None:
+        """A fenced write of how the attempt ended, and a log line saying whether it was recorded."""
+        if self.lease.write(operation):
+            self.log.info("job %d %s", self.claim.job_id, done)
+        else:
+            self.log.warning("job %d: its %s was not recorded: the job is no longer this worker's", self.claim.job_id, what)
+
     def _release(self) -> None:
-        if self.lease.write(lambda: queue.release(self.engine, self.claim)):
-            self.log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
+        self._record(
+            "release", "released: queued again without spending its attempt, or cancelled if that was asked",
+            lambda: queue.release(self.engine, self.claim),
+        )
 
     def _fail(self, reason: str) -> None:
-        if self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000])):
-            self.log.info("job %d failed: %s", self.claim.job_id, reason)
+        self._record(
+            "failure", f"failed: {reason}",
+            lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000]),
+        )
 
     def _finish(self, returncode: int, events: EventPump, output: LogRelay) -> None:
         result = events.result
@@ -566,10 +584,9 @@ class JobRun:
             return
         if artifacts is None:
             return  # lost while uploading
-        if self.lease.write(lambda: queue.finish(
+        self._record("result", "succeeded", lambda: queue.finish(
             self.engine, self.claim, JobStatus.SUCCEEDED, metrics=result.metrics, artifacts=artifacts
-        )):
-            self.log.info("job %d succeeded", self.claim.job_id)
+        ))
 
     def _upload_artifacts(self, result: Result, events: EventPump, output: LogRelay) -> list[dict[str, Any]] | None:
         """Upload the files the child left in its scratch folder, keeping the lease meanwhile;
