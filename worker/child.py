@@ -38,6 +38,7 @@ def main() -> int:
     from worker import train
     from worker.data import DataError
     from worker.nets import WeightsError
+    from worker.train import DiskFull
 
     try:
         train.run(
@@ -50,7 +51,7 @@ def main() -> int:
             resume_from=spec.resume_from,
             checkpoint_request=checkpoint_request,
         )
-    except (DataError, WeightsError) as exc:
+    except (DataError, WeightsError, DiskFull) as exc:
         traceback.print_exc()
         reporter.report(Failure(reason=str(exc)))
         return 1
