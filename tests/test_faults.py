@@ -55,6 +55,19 @@ def test_a_host_whose_scratch_cannot_be_written_hands_its_jobs_back_and_stops_cl
     assert unhealthy_slots(stack)
 
 
+def test_a_cancel_lands_within_seconds_not_at_the_next_heartbeat(database_url: str, engine: Engine, make_stack):
+    # Renewals half a minute apart (the default is 10 s): only a wake-up explains a cancel within seconds.
+    stack = make_stack(database_url=database_url, TRAINBOARD_HEARTBEAT_SECONDS="30", TRAINBOARD_LEASE_SECONDS="120")
+    stack.serve()
+    job = stack.submit(**TINY_EPOCHS, epochs=100)
+    stack.worker()
+    wait_for(lambda: stack.job(job["id"])["progress"].get("batch", 0) >= 1, 120, message="the job to train")
+
+    assert stack.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
+    cancelled = stack.wait_status(job["id"], ("succeeded", "failed", "cancelled"), timeout=5)
+    assert (cancelled["status"], cancelled["error"]) == ("cancelled", "cancelled by request")
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_ending_is_logged_only_when_it_was_recorded(engine: Engine, tmp_path: Path, caplog):
     settings = Settings(
@@ -66,13 +79,13 @@ def test_an_ending_is_logged_only_when_it_was_recorded(engine: Engine, tmp_path:
 
     ours = submit(engine, epochs=1)
     claim = queue.claim(engine, "worker-a", settings.lease_seconds)
-    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping).run()
+    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping, queue.JobWakeups(engine)).run()
     assert f"job {ours.id} released" in caplog.text
 
     # Reaped meanwhile, as if its lease had expired: the job is no longer this attempt's.
     caplog.clear()
     claim = queue.claim(engine, "worker-a", settings.lease_seconds)
     queue.reap_expired(engine, now=utcnow() + timedelta(seconds=settings.lease_seconds + 1))
-    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping).run()
+    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping, queue.JobWakeups(engine)).run()
     assert f"job {claim.job_id}: its release was not recorded: the job is no longer this worker's" in caplog.text
     assert "released" not in caplog.text

@@ -39,7 +39,7 @@ from worker.protocol import (
     CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Examples, Failure, Progress, Result, WandbStarted, decode,
 )
 from worker.reporter import REPORT_FD_ENV, first_line
-from worker.retries import DatabaseUnavailable, with_retries
+from worker.retries import TRANSIENT_ERRORS, DatabaseUnavailable, with_retries
 from worker.transfers import MODEL_UPLOAD_SECONDS, CheckpointUploads, fetch_checkpoint, upload_with_retries
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ class JobRun:
 
     def __init__(
         self, settings: Settings, engine: Engine, worker_id: str, slot: "Slot", claim: queue.Claim,
-        stopping: threading.Event,
+        stopping: threading.Event, wakeups: queue.JobWakeups,
     ):
         self.settings = settings
         self.engine = engine
@@ -372,6 +372,7 @@ class JobRun:
         self.slot = slot
         self.claim = claim
         self.stopping = stopping
+        self.wakeups = wakeups
         # Every line about this attempt carries its ids (fields of their own in JSON logs).
         self.log = logging.LoggerAdapter(log, {
             "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": worker_id, "slot": slot.index,
@@ -517,6 +518,8 @@ class JobRun:
                 next_flush = now + PROGRESS_FLUSH_SECONDS
                 if not self._flush(events, output):
                     return Ending.LOST
+            if watch and self._ending_requested():
+                next_beat = now  # renew now: the renewal says which ending
             if now >= self.lease.give_up_at():
                 self.log.warning("job %d: its lease could not be renewed in time; stopping it", self.claim.job_id)
                 self.lease.owned = False
@@ -527,6 +530,14 @@ class JobRun:
                 if renewal is Ending.LOST or (watch and renewal is not None):
                     return renewal
         return None
+
+    def _ending_requested(self) -> bool:
+        """Whether a cancel or pause was asked for since the last look; a look only when the
+        database may have changed (JobWakeups), so a cancel lands well before the next renewal."""
+        try:
+            return self.wakeups.changed() and queue.ending_requested(self.engine, self.claim)
+        except TRANSIENT_ERRORS:
+            return False  # the next renewal will tell, retrying as it does
 
     # ---- What gets written ----------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ class Supervisor:
                     continue
                 slot.job_id = claim.job_id
                 try:
-                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping).run()
+                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping, wakeups).run()
                 except HostFault as exc:
                     slot.problem = f"job {claim.job_id}: {exc}"
                     log.warning("slot %d unhealthy: job %d %s; it went back to the queue and this slot claims no "
