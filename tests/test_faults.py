@@ -2,6 +2,8 @@
 written hands its jobs back and stops claiming; how an attempt ended is logged as it was recorded."""
 
 import logging
+import os
+import signal
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +16,7 @@ from app import queue
 from app.models import utcnow
 from app.settings import Settings
 from tests.conftest import wait_for
-from tests.test_worker import FAST_LEASES, TINY_EPOCHS, submit, wait_finished
+from tests.test_worker import FAST_LEASES, TINY_EPOCHS, submit, wait_child, wait_finished, wait_training
 from worker.jobrun import JobRun
 from worker.supervisor import Slot
 
@@ -66,6 +68,26 @@ def test_a_cancel_lands_within_seconds_not_at_the_next_heartbeat(database_url: s
     assert stack.client.post(f"/jobs/{job['id']}/cancel").status_code == 200
     cancelled = stack.wait_status(job["id"], ("succeeded", "failed", "cancelled"), timeout=5)
     assert (cancelled["status"], cancelled["error"]) == ("cancelled", "cancelled by request")
+
+
+def test_a_cancelled_child_slower_to_exit_than_the_lease_still_ends_cancelled(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(
+        database_url=database_url, **{**FAST_LEASES, "TRAINBOARD_LEASE_SECONDS": "2", "TRAINBOARD_CANCEL_GRACE_SECONDS": "5"},
+    )
+    job = submit(engine, epochs=100)
+    stack.worker()
+    wait_training(engine, job.id, stack)
+    # Stopped, the child cannot act on SIGTERM: it exits only at SIGKILL, after the grace of 5 s,
+    # more than twice the lease: the worker must keep renewing meanwhile.
+    child = wait_child(tmp_path, job.id)
+    os.kill(child, signal.SIGSTOP)
+    queue.request_cancel(engine, job.id)
+
+    done = wait_finished(engine, job.id, stack)
+    assert (done.status, done.error, done.attempts) == ("cancelled", "cancelled by request", 1)
+    assert "stopping it harder" in stack.logs()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
