@@ -5,6 +5,7 @@ import argparse
 import functools
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -91,13 +92,18 @@ def serve(host: str, port: int) -> None:
 def up(host: str, port: int, gpus: str) -> None:
     """The app and one worker on this machine; stopping it stops both."""
     from app.db import get_engine, migrate
+    from app.lifetime import die_with_parent
     from app.settings import get_settings
 
     refuse_open_network(host)
     migrate(get_engine(get_settings().database_url))
     # Its own session: Ctrl-C in the terminal reaches only the app, which then asks the worker once
-    # to stop gracefully (a second signal would make it exit without handing its jobs back).
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True)
+    # to stop gracefully (a second signal would make it exit without handing its jobs back). When
+    # the app dies without asking (SIGKILL), Linux asks instead: no worker outlives its `up`.
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True,
+        preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM),
+    )
     # Uvicorn re-raises the signal that stopped it; as SystemExit it still runs the `finally` below.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:

@@ -75,6 +75,13 @@ class DatabaseCollector:
         now = utcnow()
         workers = [w for w in reads.list_workers(self.engine) if queue.worker_alive(w, self.lease_seconds, now)]
         yield GaugeMetricFamily("trainboard_workers_alive", "Workers heartbeating within a lease", value=len(workers))
+        unhealthy = GaugeMetricFamily(
+            "trainboard_worker_slots_unhealthy", "Slots not claiming jobs for a host fault (scratch, store), per worker",
+            labels=["worker"],
+        )
+        for worker in workers:
+            unhealthy.add_metric([worker.id], sum(1 for slot in worker.slots if slot.get("problem")))
+        yield unhealthy
 
         utilization = GaugeMetricFamily(
             "trainboard_gpu_utilization_ratio", "GPU busy fraction per worker slot (NVML)", labels=["worker", "slot", "gpu"]

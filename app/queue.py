@@ -412,7 +412,7 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
         changed = session.execute(
             update(Job).where(queued).values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled before it started")
         ).rowcount
-        changed = changed or session.execute(update(Job).where(running).values(cancel_requested=True)).rowcount
+        changed = changed or _flag_running(session, running, cancel_requested=True)
         job = session.get(Job, job_id)
         session.commit()
     if job is None:
@@ -422,6 +422,22 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
     return job
 
 
+def _flag_running(session: Session, running, **flag: bool) -> int:
+    """Ask a running job's worker to end it; its slot is woken to look at once (JobWakeups)."""
+    flagged = session.execute(update(Job).where(running).values(**flag)).rowcount
+    if flagged:
+        _notify(session)
+    return flagged
+
+
+def ending_requested(engine: Engine, claim: Claim) -> bool:
+    """Whether a cancel or a pause waits for this attempt: a read, far cheaper than a renewal."""
+    with session_scope(engine) as session:
+        return bool(session.scalar(
+            select(func.count()).select_from(Job).where(_fence(claim) & (Job.cancel_requested | Job.pause_requested))
+        ))
+
+
 def request_pause(engine: Engine, job_id: int) -> Job:
     """A queued job is paused at once; a running one is flagged for its worker, whose child
     checkpoints where it is and exits."""
@@ -429,7 +445,7 @@ def request_pause(engine: Engine, job_id: int) -> Job:
     running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING) & ~Job.cancel_requested
     with _write_session(engine) as session:
         changed = session.execute(update(Job).where(queued).values(status=JobStatus.PAUSED)).rowcount
-        changed = changed or session.execute(update(Job).where(running).values(pause_requested=True)).rowcount
+        changed = changed or _flag_running(session, running, pause_requested=True)
         job = session.get(Job, job_id)
         session.commit()
     if job is None:
@@ -604,15 +620,17 @@ def _serialise_submits(session: Session) -> None:
 
 
 def _notify(session: Session) -> None:
-    """Wake idle PostgreSQL workers when this transaction commits (NOTIFY is transactional)."""
+    """Wake PostgreSQL workers' slots when this transaction commits (NOTIFY is transactional):
+    idle ones to claim, busy ones to look for a cancel or pause."""
     if not is_sqlite(session.get_bind()):
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
 
 
 class JobWakeups:
-    """Lets an idle worker slot sleep until a job may be waiting, on a connection of its own.
+    """Lets an idle worker slot sleep until a job may be waiting, and a busy one notice a cancel
+    or pause at once (`changed`), on a connection of its own.
 
-    PostgreSQL: it LISTENs on NOTIFY_CHANNEL, so a submit or a requeue wakes the slot at once.
+    PostgreSQL: it LISTENs on NOTIFY_CHANNEL, so a submit, a requeue, a cancel or a pause wakes the slot at once.
     SQLite has no notifications; instead it reads PRAGMA data_version, which changes whenever
     another connection commits, every SQLITE_CHECK_SECONDS: far cheaper than a claim, which takes
     the write lock. On both, the timeout keeps plain polling as the fallback (a lost connection,
@@ -660,6 +678,19 @@ class JobWakeups:
         except (psycopg.Error, sqlite3.Error) as exc:
             self._fall_back("lost the connection that watches for new jobs, polling until it is back", exc)
             stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def changed(self) -> bool:
+        """Without waiting: whether anything may have changed since listen() or the last call."""
+        if self._connection is None:
+            return False
+        try:
+            if self.sqlite:
+                version, self._data_version = self._data_version, self._read_data_version()
+                return version != self._data_version
+            return bool(list(self._connection.notifies(timeout=0)))
+        except (psycopg.Error, sqlite3.Error) as exc:
+            self._fall_back("lost the connection that watches for cancels, noticing them at lease renewals", exc)
+            return False
 
     def close(self) -> None:
         if self._connection is not None:

@@ -7,7 +7,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.store import ArtifactStore
@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="A request's body must arrive within this of its headers (408 past it)"
     )
+
+    @model_validator(mode="after")
+    def lease_outlives_heartbeats(self) -> "Settings":
+        """A lease must outlive a late heartbeat or two, or healthy jobs would be taken away (a
+        child being stopped included: its lease is renewed every heartbeat meanwhile)."""
+        if self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"TRAINBOARD_LEASE_SECONDS ({self.lease_seconds:g}) must be at least twice "
+                f"TRAINBOARD_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}); the defaults are 60 and 10"
+            )
+        return self
 
     @property
     def token_value(self) -> str | None:

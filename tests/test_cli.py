@@ -2,7 +2,9 @@
 download and GET /metrics for scripts."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -10,10 +12,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import queue
+from app import queue, reads
 from app.db import get_engine
 from app.models import JobCreate, Worker
 from tests.conftest import wait_for
+from tests.test_worker import alive
 
 pytestmark = pytest.mark.slow
 
@@ -165,6 +168,27 @@ def test_up_runs_app_and_worker_and_a_stop_hands_running_jobs_back(make_stack, t
     assert (job.status, job.attempts) == ("queued", 0)
     worker_lines = (tmp_path / "up.log").read_text()
     assert "running jobs go back to the queue" in worker_lines and "stopped" in worker_lines
+
+
+def test_a_killed_up_takes_its_worker_with_it(make_stack, tmp_path):
+    stack = make_stack()
+    engine = get_engine(stack.env["TRAINBOARD_DATABASE_URL"])
+    log = open(tmp_path / "up.log", "wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", "--port", str(stack.port), "--gpus", "none"],
+        env=stack.env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        [worker] = wait_for(lambda: _answers(stack) and reads.list_workers(engine), 60, message="the worker of trainboard up to register")
+    finally:
+        up.kill()
+        up.wait()
+        log.close()
+    try:
+        wait_for(lambda: not alive(worker.pid), 10, message=f"worker {worker.pid} to die with its trainboard up")
+    finally:
+        if alive(worker.pid):
+            os.kill(worker.pid, signal.SIGKILL)
 
 
 SLOW_JOB = {

@@ -577,3 +577,20 @@ def test_the_speed_benchmark_runs_and_reports_its_figures():
     for figure in (r"ratio: +\d+\.\d\dx", r"takes \d+% of its training time: the same model work without it is at most \d+\.\d\dx",
                    r"overhead: +-?\d+\.\d%"):
         assert re.search(figure, result.stdout), f"{figure!r} not in:\n{result.stdout}"
+
+
+def test_a_full_disk_ends_a_save_saying_where_and_leaves_no_partial_file(tmp_path: Path):
+    # The temporary file is a link to /dev/full: every write to it fails with ENOSPC, as on a full disk.
+    model = build_model("resnet18_cifar", pretrained=False)
+    saves = {
+        tmp_path / "model.pth": lambda path: train.save_model(model, path),
+        tmp_path / "checkpoints" / "checkpoint-e1-b0.pt": lambda path: train.save_whole({"model": model.state_dict()}, path),
+    }
+    for path, save in saves.items():
+        path.parent.mkdir(exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial")
+        partial.symlink_to("/dev/full")
+        with pytest.raises(train.DiskFull) as full:
+            save(path)
+        assert str(full.value) == f"no space left on {path.parent} (writing {path.name})"
+        assert not partial.is_symlink() and not partial.exists() and not path.exists()

@@ -5,28 +5,17 @@ TRAINBOARD_REPORT_FD, writes its output to the job's log (its stdout and stderr)
 its worker. SIGTERM stops it at once; CHECKPOINT_SIGNAL after a checkpoint, with exit code 0.
 """
 
-import ctypes
 import os
 import signal
 import sys
 import traceback
 
+from app.lifetime import die_with_parent
 from app.settings import JobFiles
 from worker.protocol import CHECKPOINT_SIGNAL, ChildSpec, Failure
 from worker.reporter import CheckpointRequest, PipeReporter, first_line
 
 PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Ask Linux for SIGKILL when the worker dies, so no orphan keeps a GPU busy."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != int(os.environ.get(PARENT_PID_ENV, os.getppid())):
-        os._exit(1)  # the worker died before prctl took effect
 
 
 def one_line(exc: BaseException) -> str:
@@ -35,7 +24,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def main() -> int:
-    die_with_parent()
+    # SIGKILL when the worker dies, so no orphan keeps a GPU busy.
+    die_with_parent(int(os.environ.get(PARENT_PID_ENV, os.getppid())), signal.SIGKILL)
     # SIGTERM (cancel, worker shutdown) unwinds normally, so the W&B run is closed properly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     # Before the slow imports: the signal's default action would end the process. The training
@@ -48,6 +38,7 @@ def main() -> int:
     from worker import train
     from worker.data import DataError
     from worker.nets import WeightsError
+    from worker.train import DiskFull
 
     try:
         train.run(
@@ -60,7 +51,7 @@ def main() -> int:
             resume_from=spec.resume_from,
             checkpoint_request=checkpoint_request,
         )
-    except (DataError, WeightsError) as exc:
+    except (DataError, WeightsError, DiskFull) as exc:
         traceback.print_exc()
         reporter.report(Failure(reason=str(exc)))
         return 1

@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 from dotenv import dotenv_values
+from pydantic import ValidationError
 
 from app.db import get_engine, migrate
 from app.settings import get_settings
@@ -45,13 +46,10 @@ def load_wandb_environment(env_file: Path = Path(".env")) -> None:
 
 def run_worker(gpus: str) -> None:
     load_wandb_environment()
-    settings = get_settings()
-    # A lease must outlive a late heartbeat or two, or healthy jobs would be taken away.
-    if settings.lease_seconds < 2 * settings.heartbeat_seconds:
-        raise SystemExit(
-            f"TRAINBOARD_LEASE_SECONDS ({settings.lease_seconds:g}) must be at least twice "
-            f"TRAINBOARD_HEARTBEAT_SECONDS ({settings.heartbeat_seconds:g}); the defaults are 60 and 10"
-        )
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # one line per refused setting, not a traceback
+        raise SystemExit("\n".join(f"trainboard worker: {error['msg']}" for error in exc.errors())) from None
     engine = get_engine(settings.database_url)
     migrate(engine)
     nvml = Nvml()

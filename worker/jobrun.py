@@ -39,7 +39,7 @@ from worker.protocol import (
     CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Examples, Failure, Progress, Result, WandbStarted, decode,
 )
 from worker.reporter import REPORT_FD_ENV, first_line
-from worker.retries import DatabaseUnavailable, with_retries
+from worker.retries import TRANSIENT_ERRORS, DatabaseUnavailable, with_retries
 from worker.transfers import MODEL_UPLOAD_SECONDS, CheckpointUploads, fetch_checkpoint, upload_with_retries
 
 if TYPE_CHECKING:
@@ -354,8 +354,9 @@ class Lease:
 
 
 class HostFault(RuntimeError):
-    """This host cannot run jobs now (its artifact store is unreachable, say): the job went back
-    to the queue without spending its attempt, and the slot backs off."""
+    """This host cannot run jobs now (its scratch folder cannot be written, its artifact store is
+    unreachable): the job went back to the queue without spending its attempt, and the slot
+    stops claiming until the host recovers."""
 
 
 class JobRun:
@@ -363,7 +364,7 @@ class JobRun:
 
     def __init__(
         self, settings: Settings, engine: Engine, worker_id: str, slot: "Slot", claim: queue.Claim,
-        stopping: threading.Event,
+        stopping: threading.Event, wakeups: queue.JobWakeups,
     ):
         self.settings = settings
         self.engine = engine
@@ -371,6 +372,7 @@ class JobRun:
         self.slot = slot
         self.claim = claim
         self.stopping = stopping
+        self.wakeups = wakeups
         # Every line about this attempt carries its ids (fields of their own in JSON logs).
         self.log = logging.LoggerAdapter(log, {
             "job_id": claim.job_id, "attempt": claim.attempt, "worker_id": worker_id, "slot": slot.index,
@@ -384,7 +386,13 @@ class JobRun:
             self._release()  # claimed just as the worker began to stop: no child to start
             return
         self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
-        self.files.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+            with self.files.log.open("ab"):
+                pass
+        except OSError as exc:
+            self._release()
+            raise HostFault(f"cannot write its scratch folder: {exc}") from exc
         header = f"==== attempt {self.claim.attempt} on {self.worker_id} ({self.settings.host_name}, {self.slot.device})\n"
         try:
             resume_from, header = self._resume_point(header)
@@ -421,11 +429,11 @@ class JobRun:
         elif ending is Ending.STOPPED:
             self._release()
         elif ending is Ending.PAUSED:
-            if self.lease.write(lambda: queue.pause(self.engine, self.claim)):
-                self.log.info("job %d paused at its checkpoint", self.claim.job_id)
+            self._record("pause", "paused at its checkpoint", lambda: queue.pause(self.engine, self.claim))
         elif ending is Ending.CANCELLED:
-            self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"))
-            self.log.info("job %d cancelled", self.claim.job_id)
+            self._record("cancel", "cancelled", lambda: queue.finish(
+                self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"
+            ))
         else:
             self._finish(child.returncode, events, output)
 
@@ -510,6 +518,8 @@ class JobRun:
                 next_flush = now + PROGRESS_FLUSH_SECONDS
                 if not self._flush(events, output):
                     return Ending.LOST
+            if watch and self._ending_requested():
+                next_beat = now  # renew now: the renewal says which ending
             if now >= self.lease.give_up_at():
                 self.log.warning("job %d: its lease could not be renewed in time; stopping it", self.claim.job_id)
                 self.lease.owned = False
@@ -520,6 +530,14 @@ class JobRun:
                 if renewal is Ending.LOST or (watch and renewal is not None):
                     return renewal
         return None
+
+    def _ending_requested(self) -> bool:
+        """Whether a cancel or pause was asked for since the last look; a look only when the
+        database may have changed (JobWakeups), so a cancel lands well before the next renewal."""
+        try:
+            return self.wakeups.changed() and queue.ending_requested(self.engine, self.claim)
+        except TRANSIENT_ERRORS:
+            return False  # the next renewal will tell, retrying as it does
 
     # ---- What gets written ----------------------------------------------------------------------
 
@@ -546,13 +564,24 @@ class JobRun:
             lambda: queue.record_progress(self.engine, self.claim, progress=progress, metrics=metrics, points=points)
         )
 
+    def _record(self, what: str, done: str, operation: Callable[[], bool]) -> None:
+        """A fenced write of how the attempt ended, and a log line saying whether it was recorded."""
+        if self.lease.write(operation):
+            self.log.info("job %d %s", self.claim.job_id, done)
+        else:
+            self.log.warning("job %d: its %s was not recorded: the job is no longer this worker's", self.claim.job_id, what)
+
     def _release(self) -> None:
-        if self.lease.write(lambda: queue.release(self.engine, self.claim)):
-            self.log.info("job %d released (worker stopping): queued again, or cancelled if that was asked", self.claim.job_id)
+        self._record(
+            "release", "released: queued again without spending its attempt, or cancelled if that was asked",
+            lambda: queue.release(self.engine, self.claim),
+        )
 
     def _fail(self, reason: str) -> None:
-        if self.lease.write(lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000])):
-            self.log.info("job %d failed: %s", self.claim.job_id, reason)
+        self._record(
+            "failure", f"failed: {reason}",
+            lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000]),
+        )
 
     def _finish(self, returncode: int, events: EventPump, output: LogRelay) -> None:
         result = events.result
@@ -566,10 +595,9 @@ class JobRun:
             return
         if artifacts is None:
             return  # lost while uploading
-        if self.lease.write(lambda: queue.finish(
+        self._record("result", "succeeded", lambda: queue.finish(
             self.engine, self.claim, JobStatus.SUCCEEDED, metrics=result.metrics, artifacts=artifacts
-        )):
-            self.log.info("job %d succeeded", self.claim.job_id)
+        ))
 
     def _upload_artifacts(self, result: Result, events: EventPump, output: LogRelay) -> list[dict[str, Any]] | None:
         """Upload the files the child left in its scratch folder, keeping the lease meanwhile;

@@ -114,11 +114,11 @@ class Supervisor:
                     continue
                 slot.job_id = claim.job_id
                 try:
-                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping).run()
+                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping, wakeups).run()
                 except HostFault as exc:
-                    slot.problem = str(exc)
-                    log.warning("slot %d: %s; job %d went back to the queue and this slot waits until it recovers",
-                                slot.index, exc, claim.job_id)
+                    slot.problem = f"job {claim.job_id}: {exc}"
+                    log.warning("slot %d unhealthy: job %d %s; it went back to the queue and this slot claims no "
+                                "more until the host recovers", slot.index, claim.job_id, exc)
                 except Exception:
                     log.exception("slot %d: supervising job %d failed", slot.index, claim.job_id)
                 finally:
@@ -127,13 +127,23 @@ class Supervisor:
             wakeups.close()
 
     def _host_recovered(self, slot: Slot) -> bool:
+        """Whether this host can run jobs again: its scratch folder takes a file, its store answers."""
         try:
+            self._probe_scratch()
             self.settings.store.probe()
-        except StoreError:
+        except (OSError, StoreError):
             return False
-        log.info("slot %d: the artifact store answers again; claiming jobs", slot.index)
+        log.info("slot %d: the host recovered (%s); claiming jobs", slot.index, slot.problem)
         slot.problem = None
         return True
+
+    def _probe_scratch(self) -> None:
+        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        probe = self.settings.work_dir / f".probe-{self.worker_id}"
+        try:
+            probe.write_bytes(b"probe")
+        finally:
+            probe.unlink(missing_ok=True)
 
     def _quietly(self, operation: Callable[[], Any]) -> None:
         try:

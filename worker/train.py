@@ -36,6 +36,7 @@ training waits only for the copy of the state to host memory; a thread writes th
 """
 
 import base64
+import errno
 import io
 import math
 import os
@@ -496,9 +497,7 @@ class CheckpointWriter:
 
     def _write(self, checkpoint: dict[str, Any], saved: CheckpointSaved) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        partial = saved.path.with_name(f"{saved.path.name}.partial")
-        torch.save(checkpoint, partial)
-        os.replace(partial, saved.path)
+        save_whole(checkpoint, saved.path)
         self.reporter.report(saved)
 
     def _write_catching(self, checkpoint: dict[str, Any], saved: CheckpointSaved) -> None:
@@ -561,8 +560,24 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_model(model: torch.nn.Module, path: Path) -> Path:
-    """Write to a temporary file and rename, so a crash never leaves a torn model.pth."""
-    partial = path.with_suffix(".pth.partial")
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
+    save_whole(model.state_dict(), path)
     return path
+
+
+class DiskFull(RuntimeError):
+    """A file could not be written for want of space: the job ends saying where."""
+
+
+def save_whole(value: Any, path: Path) -> None:
+    """torch.save to a temporary file renamed over `path`, so a crash never leaves a torn file; a
+    failed write leaves no partial file behind. A full disk raises DiskFull naming the folder
+    (torch reports it as "enforce fail at inline_container.cc" or as ENOSPC)."""
+    partial = path.with_name(f"{path.name}.partial")
+    try:
+        torch.save(value, partial)
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as exc:
+        partial.unlink(missing_ok=True)
+        if getattr(exc, "errno", None) == errno.ENOSPC or "inline_container.cc" in str(exc):
+            raise DiskFull(f"no space left on {path.parent} (writing {path.name})") from exc
+        raise
