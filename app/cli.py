@@ -14,6 +14,8 @@ from typing import Any
 from app.logs import configure_logging
 from app.models import STATUSES
 
+GPUS_HELP = "auto (every GPU, or one CPU slot with a warning), all (every GPU, refusing without one), none (one CPU slot), or GPU indices like 0,1"
+
 # The commands that use the HTTP API, at $TRAINBOARD_URL with $TRAINBOARD_TOKEN (app/client.py).
 CLIENT_COMMANDS = {
     "submit": "submit a job: key=value ... (values parsed as JSON where they parse)",
@@ -148,9 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8000)
         if name == "up":
-            command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+            command.add_argument("--gpus", default="auto", help=GPUS_HELP)
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
-    worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+    worker.add_argument("--gpus", default="auto", help=GPUS_HELP)
     for name, help_text in CLIENT_COMMANDS.items():
         epilog = job_fields_help() + "\n\n" + CLIENT_EXIT_CODES if name == "submit" else CLIENT_EXIT_CODES
         command = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
