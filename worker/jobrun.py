@@ -35,6 +35,7 @@ from app.models import JobCreate, JobStatus
 from app.settings import JobFiles, Settings, wandb_environment
 from app.store import StoreError, StoreMisconfigured, StoreUnavailable
 from worker.child import PARENT_PID_ENV
+from worker.gpus import device_label
 from worker.protocol import (
     CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Examples, Failure, Progress, Result, WandbStarted, decode,
 )
@@ -384,6 +385,8 @@ class JobRun:
             self._release()  # claimed just as the worker began to stop: no child to start
             return
         self.log.info("slot %d: job %d attempt %d starting on %s", self.slot.index, self.claim.job_id, self.claim.attempt, self.slot.device)
+        device = device_label(self.slot.device, self.slot.gpu_name)
+        self.lease.write(lambda: queue.record_run(self.engine, self.claim, host=self.settings.host_name, device=device))
         self.files.root.mkdir(parents=True, exist_ok=True)
         header = f"==== attempt {self.claim.attempt} on {self.worker_id} ({self.settings.host_name}, {self.slot.device})\n"
         try:
