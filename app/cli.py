@@ -5,10 +5,12 @@ import argparse
 import functools
 import ipaddress
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 from app.logs import configure_logging
@@ -98,8 +100,15 @@ def up(host: str, port: int, gpus: str) -> None:
     # Its own session: Ctrl-C in the terminal reaches only the app, which then asks the worker once
     # to stop gracefully (a second signal would make it exit without handing its jobs back).
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True)
+
+    def stop_with_the_worker() -> None:
+        # A worker that refuses its --gpus (exit code 2) or dies takes the app down too, with its exit code.
+        if worker.wait() != 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_with_the_worker, name="worker-watch", daemon=True).start()
     # Uvicorn re-raises the signal that stopped it; as SystemExit it still runs the `finally` below.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(worker.returncode or 128 + signum))
     try:
         serve(host, port)
     finally:

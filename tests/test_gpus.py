@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import wait_for
+from tests.support.network import free_port
 
 TINY_JOB = {
     "dataset": "synthetic", "pretrained": False, "epochs": 1, "train_subset": 64, "test_subset": 32,
@@ -33,6 +34,16 @@ def test_asking_for_gpus_that_are_not_there_refuses_to_start_and_says_why(gpus: 
     assert "torch.cuda.is_available() is false" in message
     assert "--gpus none" in message
     assert not database.exists()  # refused before it touched the database
+
+
+def test_up_stops_when_its_worker_refuses_the_gpus_with_the_workers_exit_code(tmp_path: Path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TRAINBOARD_DATABASE_URL": f"sqlite:///{tmp_path / 'trainboard.db'}"}
+    finished = subprocess.run(
+        [sys.executable, "-m", "app.cli", "up", "--port", str(free_port()), "--gpus", "all"], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert finished.returncode == 2, finished.stderr
+    assert "trainboard worker: --gpus all asks for every GPU" in finished.stderr
 
 
 @pytest.mark.slow
