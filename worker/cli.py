@@ -25,27 +25,31 @@ def make_slots(gpus: str, nvml: Nvml) -> list[Slot]:
     refusing without any; none: one CPU slot; 0,1: those GPUs, refusing when one is missing."""
     if gpus == "none":
         return [Slot(0, "cpu")]
-    if gpus in ("auto", "all"):
-        chosen = None
-    else:
-        try:
-            chosen = [int(part) for part in gpus.split(",") if part.strip()]
-        except ValueError:
-            raise GpusUnavailable(f"--gpus takes auto, all, none or GPU indices like 0,1; got {gpus!r}") from None
+    named = None if gpus in ("auto", "all") else _gpu_indices(gpus)
     available = {gpu.index: gpu.name for gpu in visible_gpus(nvml)}
-    if chosen is None and not available and gpus == "auto":
+    if not available and gpus == "auto":
         log.warning("no GPU found (%s); training on one CPU slot (--gpus none says so without this warning)", why_no_gpus(nvml))
         return [Slot(0, "cpu")]
-    missing = [index for index in chosen if index not in available] if chosen is not None else []
+    missing = [index for index in named or [] if index not in available]
     if missing or not available:
         asked = f"GPU(s) {', '.join(map(str, missing))}" if missing else "every GPU"
         found = ", ".join(map(str, sorted(available))) or "none"
+        reason = why_no_gpus(nvml) if not available else "Name some of those, or use --gpus all"
         raise GpusUnavailable(
-            f"--gpus {gpus} asks for {asked}, but this worker sees GPUs: {found}. "
-            f"{why_no_gpus(nvml) if not available else 'Pick from those'}. "
+            f"--gpus {gpus} asks for {asked}, but this worker sees GPUs: {found}. {reason}. "
             "Start it with --gpus none (or --gpus auto) to train on the CPU."
         )
-    return [Slot(n, f"cuda:{index}", available[index]) for n, index in enumerate(chosen or available)]
+    return [Slot(n, f"cuda:{index}", available[index]) for n, index in enumerate(named or available)]
+
+
+def _gpu_indices(gpus: str) -> list[int]:
+    try:
+        indices = [int(part) for part in gpus.split(",") if part.strip()]
+    except ValueError:
+        indices = []
+    if not indices:
+        raise GpusUnavailable(f"--gpus takes auto, all, none or GPU indices like 0,1; got {gpus!r}")
+    return indices
 
 
 def load_wandb_environment(env_file: Path = Path(".env")) -> None:
