@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 from app.logs import configure_logging
 from app.models import STATUSES
+
+GPUS_HELP = "auto (every GPU, or one CPU slot with a warning), all (every GPU, refusing without one), none (one CPU slot), or GPU indices like 0,1"
 
 # The commands that use the HTTP API, at $TRAINBOARD_URL with $TRAINBOARD_TOKEN (app/client.py).
 CLIENT_COMMANDS = {
@@ -104,8 +107,15 @@ def up(host: str, port: int, gpus: str) -> None:
         [sys.executable, "-m", "app.cli", "worker", "--gpus", gpus], start_new_session=True,
         preexec_fn=functools.partial(die_with_parent, os.getpid(), signal.SIGTERM),
     )
+
+    def stop_with_the_worker() -> None:
+        # A worker that refuses its --gpus (exit code 2) or dies takes the app down too, with its exit code.
+        if worker.wait() != 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_with_the_worker, name="worker-watch", daemon=True).start()
     # Uvicorn re-raises the signal that stopped it; as SystemExit it still runs the `finally` below.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(worker.returncode or 128 + signum))
     try:
         serve(host, port)
     finally:
@@ -156,9 +166,9 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8000)
         if name == "up":
-            command.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+            command.add_argument("--gpus", default="auto", help=GPUS_HELP)
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
-    worker.add_argument("--gpus", default="all", help="all, none, or GPU indices like 0,1")
+    worker.add_argument("--gpus", default="auto", help=GPUS_HELP)
     for name, help_text in CLIENT_COMMANDS.items():
         epilog = job_fields_help() + "\n\n" + CLIENT_EXIT_CODES if name == "submit" else CLIENT_EXIT_CODES
         command = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

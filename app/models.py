@@ -357,6 +357,10 @@ class Job(SQLModel, table=True):
     host: str | None = ColumnField(default=None, max_length=255)
     # Every attempt's W&B run folder, in order: [{"attempt", "host", "dir", "mode"}].
     wandb_attempts: list[dict[str, Any]] = ColumnField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # Where each attempt trained, in order: [{"attempt", "worker", "host", "device"}].
+    runs: list[dict[str, Any]] = ColumnField(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     lease_expires_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
@@ -435,6 +439,15 @@ class WandbAttemptPublic(BaseModel):
     sync_command: str | None
 
 
+# Where one attempt trained: its worker, that worker's host, and the device ("cuda:0 NVIDIA H100
+# 80GB HBM3" or "cpu").
+class RunPublic(BaseModel):
+    attempt: int
+    worker: str
+    host: str
+    device: str
+
+
 # What W&B knows of a job's run; `mode`, `dir` and `sync_command` describe the latest attempt.
 class WandbPublic(BaseModel):
     mode: str | None
@@ -495,6 +508,8 @@ class JobPublic(BaseModel):
     resumed_from_epoch: int | None
     resumed_from_batch: int | None
     host: str | None
+    runs: list[RunPublic] = Field(description="Where each attempt trained, in order")
+    device: str | None = Field(description="The latest attempt's device (\"cuda:0 NVIDIA H100 80GB HBM3\" or \"cpu\"); null before one starts")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -544,6 +559,8 @@ class JobPublic(BaseModel):
             resumed_from_epoch=job.resumed_from_epoch,
             resumed_from_batch=job.resumed_from_batch,
             host=job.host,
+            runs=[RunPublic.model_validate(run) for run in job.runs or []],
+            device=job.runs[-1]["device"] if job.runs else None,
             created_at=as_utc(job.created_at),
             started_at=as_utc(job.started_at),
             finished_at=as_utc(job.finished_at),

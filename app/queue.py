@@ -243,6 +243,17 @@ def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, ru
     return owned
 
 
+def record_run(engine: Engine, claim: Claim, *, host: str, device: str) -> bool:
+    """Where this attempt trains (its worker, host and device) joins the job's list of runs."""
+    with _write_session(engine) as session:
+        job = session.get(Job, claim.job_id)
+        earlier = [run for run in (job.runs if job else []) if run.get("attempt") != claim.attempt]
+        run = {"attempt": claim.attempt, "worker": claim.worker_id, "host": host, "device": device}
+        owned = _fenced_update(session, claim, runs=[*earlier, run][-100:])
+        session.commit()
+    return owned
+
+
 def record_progress(
     engine: Engine,
     claim: Claim,

@@ -153,6 +153,25 @@ def test_stale_worker_is_fenced_out_after_its_job_is_handed_on(engine: Engine):
     assert not queue.finish(engine, fresh, "failed", error="twice")
 
 
+def test_each_attempt_records_where_it_trains_and_a_stale_worker_cannot(engine: Engine):
+    job = submit(engine)
+    first = claim(engine, "worker-a")
+    assert queue.record_run(engine, first, host="box-a", device="cpu")
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    second = claim(engine, "worker-b")
+    assert queue.record_run(engine, second, host="box-b", device="cuda:0 NVIDIA H100 80GB HBM3")
+
+    # The first attempt's worker, fenced out, cannot rewrite where either attempt trained.
+    assert not queue.record_run(engine, first, host="box-a", device="cuda:7 stale")
+    assert queue.get_job(engine, job.id).runs == [
+        {"attempt": 1, "worker": "worker-a", "host": "box-a", "device": "cpu"},
+        {"attempt": 2, "worker": "worker-b", "host": "box-b", "device": "cuda:0 NVIDIA H100 80GB HBM3"},
+    ]
+    queue.finish(engine, second, "succeeded")
+    assert not queue.record_run(engine, second, host="box-b", device="cpu")
+    assert queue.get_job(engine, job.id).runs[-1]["device"] == "cuda:0 NVIDIA H100 80GB HBM3"
+
+
 def test_renew_extends_the_lease_and_says_cancel_or_lost(engine: Engine):
     job = submit(engine)
     claimed = claim(engine)

@@ -35,6 +35,7 @@ from app.models import JobCreate, JobStatus
 from app.settings import JobFiles, Settings, wandb_environment
 from app.store import StoreError, StoreMisconfigured, StoreUnavailable
 from worker.child import PARENT_PID_ENV
+from worker.gpus import device_label
 from worker.protocol import (
     CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Examples, Failure, Progress, Result, WandbStarted, decode,
 )
@@ -393,6 +394,8 @@ class JobRun:
         except OSError as exc:
             self._release()
             raise HostFault(f"cannot write its scratch folder: {exc}") from exc
+        device = device_label(self.slot.device, self.slot.gpu_name)
+        self.lease.write(lambda: queue.record_run(self.engine, self.claim, host=self.settings.host_name, device=device))
         header = f"==== attempt {self.claim.attempt} on {self.worker_id} ({self.settings.host_name}, {self.slot.device})\n"
         try:
             resume_from, header = self._resume_point(header)
