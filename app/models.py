@@ -66,12 +66,16 @@ class Characters:
         return value
 
 
-NO_CONTROL = Characters(r"^\x00-\x1f", "control characters such as newlines and tabs are not allowed")
+# Beyond C0: DEL and C1, and the bidi embeddings, overrides and isolates, as app/inputs.py's
+# REFUSE_CONTROL refuses them, so the schema's pattern says what is accepted. (It also refuses
+# unpaired surrogates, which a pattern cannot name portably.)
+OTHER_CONTROLS = r"\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+NO_CONTROL = Characters(r"^\x00-\x1f" + OTHER_CONTROLS, "control characters such as newlines and tabs are not allowed")
 
 # W&B's rules: project names may not contain / \ # ? % :, entities are user or team slugs.
 WandbProject = Annotated[
     str, StringConstraints(min_length=1, max_length=128), REFUSE_CONTROL,
-    Characters(r"^/\\#?%:\s", "W&B project names cannot hold / \\ # ? % : or whitespace"),
+    Characters(r"^/\\#?%:\s\x00-\x1f" + OTHER_CONTROLS, "W&B project names cannot hold / \\ # ? % : or whitespace"),
 ]
 WandbEntity = Annotated[
     str, StringConstraints(min_length=1, max_length=64), REFUSE_CONTROL,
@@ -86,7 +90,7 @@ Notes = Annotated[
     str,
     StringConstraints(max_length=MAX_NOTES),
     BeforeValidator(lambda value: value.replace("\r\n", "\n") if isinstance(value, str) else value),
-    Characters(r"^\x00-\x08\x0b-\x1f", "control characters other than newlines and tabs are not allowed"),
+    Characters(r"^\x00-\x08\x0b-\x1f" + OTHER_CONTROLS, "control characters other than newlines and tabs are not allowed"),
 ]
 # A user's name: what jobs record as their owner, and what `trainboard user add` takes.
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]

@@ -1,4 +1,4 @@
-"""Chaos: workers SIGKILLed at random while six jobs train, on both databases, with short leases.
+"""Chaos: workers SIGKILLed at random while four jobs train, on both databases, with short leases.
 Every job must still succeed, no attempt may run on two workers, and no epoch may be recorded twice."""
 
 import random
@@ -12,10 +12,10 @@ from tests.test_worker import FAST_LEASES, TINY_EPOCHS
 
 pytestmark = pytest.mark.slow
 
-JOBS = 6
+JOBS = 4
 EPOCHS = 2
 WORKERS = 2
-CHAOS_SECONDS = 30
+CHAOS_SECONDS = 20
 MAX_ATTEMPTS = 30
 HEADER = re.compile(r"^==== attempt (\d+) on (\S+) ", re.MULTILINE)
 
