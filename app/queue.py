@@ -426,10 +426,15 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
         changed = changed or _flag_running(session, running, cancel_requested=True)
         job = session.get(Job, job_id)
         session.commit()
+    return _answer(job, job_id, changed, "cancel")
+
+
+def _answer(job: Job | None, job_id: int, changed: int, action: str) -> Job:
+    """A user's request's answer: the job as it is now, or why the request changed nothing."""
     if job is None:
         raise JobNotFound(job_id)
     if not changed:
-        raise JobStateConflict(job_id, job.status, "cancel")
+        raise JobStateConflict(job_id, job.status, action)
     return job
 
 
@@ -459,11 +464,7 @@ def request_pause(engine: Engine, job_id: int) -> Job:
         changed = changed or _flag_running(session, running, pause_requested=True)
         job = session.get(Job, job_id)
         session.commit()
-    if job is None:
-        raise JobNotFound(job_id)
-    if not changed:
-        raise JobStateConflict(job_id, job.status, "pause")
-    return job
+    return _answer(job, job_id, changed, "pause")
 
 
 def request_resume(engine: Engine, job_id: int) -> Job:
@@ -476,11 +477,7 @@ def request_resume(engine: Engine, job_id: int) -> Job:
         if changed:
             _notify(session)
         session.commit()
-    if job is None:
-        raise JobNotFound(job_id)
-    if not changed:
-        raise JobStateConflict(job_id, job.status, "resume")
-    return job
+    return _answer(job, job_id, changed, "resume")
 
 
 def retry(

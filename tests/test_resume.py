@@ -11,15 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import wait_for
+from tests.test_worker import FAST_LEASES
 
 pytestmark = pytest.mark.slow
 
-LEASES = {
-    "TRAINBOARD_HEARTBEAT_SECONDS": "0.5",
-    "TRAINBOARD_LEASE_SECONDS": "4",
-    "TRAINBOARD_POLL_SECONDS": "0.2",
-    "TRAINBOARD_CANCEL_GRACE_SECONDS": "5",
-}
 # Deterministic on the CPU, a few seconds an epoch, W&B offline (each attempt its own folder).
 RESUMABLE = {
     "pretrained": False, "epochs": 4, "batch_size": 32, "train_subset": 192, "test_subset": 96,
@@ -34,7 +29,7 @@ def epoch_steps(stack, job_id: int) -> list[int]:
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_a_job_killed_on_one_host_resumes_on_another_with_the_same_result(database, request, make_stack, s3_env, tmp_path: Path):
     database_url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url")
-    stack = make_stack(database_url=database_url, **LEASES, **s3_env)
+    stack = make_stack(database_url=database_url, **FAST_LEASES, **s3_env)
     stack.serve()
     job = stack.submit(**RESUMABLE, name="interrupted")
     alpha = stack.worker(host="alpha")
@@ -94,7 +89,7 @@ def test_a_job_killed_on_one_host_resumes_on_another_with_the_same_result(databa
 
 
 def test_pause_checkpoints_mid_run_and_resume_continues_from_there(make_stack, s3_env):
-    stack = make_stack(**LEASES, **s3_env)
+    stack = make_stack(**FAST_LEASES, **s3_env)
     stack.serve()
     job = stack.submit(**{**RESUMABLE, "epochs": 3, "checkpoint_every": 0, "wandb_mode": "disabled"})
     stack.worker(host="alpha")
