@@ -284,7 +284,7 @@ class JobCreate(BaseModel):
     )
     tags: Tags = Field(default_factory=list, title="Tags", json_schema_extra=IN_TUTORIAL, description="W&B tags, up to 16")
     checkpoint_every: int = Field(
-        default=1, ge=0, le=1000, title="Checkpoint every",
+        default=TUTORIAL["checkpoint_every"], ge=0, le=1000, title="Checkpoint every",
         description="Write a resumable checkpoint to the artifact store every N epochs (0: never); "
         "a requeued or paused job resumes from the last one",
     )

@@ -38,6 +38,7 @@ TUTORIAL: dict[str, Any] = {
     "wandb_mode": None,
     "wandb_watch": "all",
     "wandb_watch_freq": 1000,
+    "checkpoint_every": 1,
 }
 
 # In the spirit of the published fast ResNet-18 CIFAR-10 runs (94% in 26 epochs at batch 500):
