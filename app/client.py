@@ -81,17 +81,9 @@ class Client:
         query = {"status": status, "q": search, "limit": limit}
         return self._request("GET", "/jobs", params={key: value for key, value in query.items() if value is not None})
 
-    def cancel(self, job_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/jobs/{job_id}/cancel")
-
-    def retry(self, job_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/jobs/{job_id}/retry")
-
-    def pause(self, job_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/jobs/{job_id}/pause")
-
-    def resume(self, job_id: int) -> dict[str, Any]:
-        return self._request("POST", f"/jobs/{job_id}/resume")
+    def act(self, job_id: int, action: str) -> dict[str, Any]:
+        """POST /jobs/{id}/cancel, pause, resume or retry: the job it answers with."""
+        return self._request("POST", f"/jobs/{job_id}/{action}")
 
     def log(self, job_id: int, offset: int | None = None) -> tuple[str, int]:
         """The log's tail (or what follows byte `offset`), and the offset the text ends at."""
@@ -281,25 +273,25 @@ def _logs(client: Client, args, out: TextIO) -> int:
 
 
 def _cancel(client: Client, args, out: TextIO) -> int:
-    job = client.cancel(args.job_id)
+    job = client.act(args.job_id, "cancel")
     print(f"job {job['id']} {'cancelling' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
     return 0
 
 
 def _pause(client: Client, args, out: TextIO) -> int:
-    job = client.pause(args.job_id)
+    job = client.act(args.job_id, "pause")
     print(f"job {job['id']} {'pausing at a checkpoint' if job['status'] == JobStatus.RUNNING else job['status']}", file=out)
     return 0
 
 
 def _resume(client: Client, args, out: TextIO) -> int:
-    job = client.resume(args.job_id)
+    job = client.act(args.job_id, "resume")
     print(f"job {job['id']} {job['status']}: it continues from its checkpoint", file=out)
     return 0
 
 
 def _retry(client: Client, args, out: TextIO) -> int:
-    job = client.retry(args.job_id)
+    job = client.act(args.job_id, "retry")
     print(f"job {job['id']} {job['status']} (retry of job {args.job_id}): {client.url}/jobs/{job['id']}", file=out)
     return 0
 
