@@ -14,7 +14,7 @@ from sqlalchemy import Engine, text
 
 from app import queue, reads, users
 from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly, SettingsDep
-from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, UserName, WorkerPublic, utcnow
+from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, Tag, UserName, WorkerPublic, utcnow
 from app.settings import Settings
 
 router = APIRouter()
@@ -74,8 +74,10 @@ def create_job(
 def list_jobs(
     engine: EngineDep,
     settings: SettingsDep,
-    search: Annotated[str | None, Query(alias="q", max_length=128, description="Name, tag or notes contain it")] = None,
-    tag: Annotated[str | None, Query(max_length=64, description="One of the job's tags is exactly it")] = None,
+    search: Annotated[
+        str | None, Query(alias="q", max_length=128, pattern=r"^[^\x00]*$", description="Name, tag or notes contain it")
+    ] = None,
+    tag: Annotated[Tag | None, Query(description="One of the job's tags is exactly it")] = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     owner: Annotated[UserName | None, Query(description="Only this user's jobs")] = None,
     created_after: Annotated[datetime | None, Query(description="Created at or after it (ISO 8601; no offset: UTC)")] = None,
