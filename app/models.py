@@ -12,7 +12,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
-from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, Text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, Text, text
 from sqlmodel import SQLModel
 from sqlmodel import Field as ColumnField
 
@@ -27,9 +27,10 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PAUSED = "paused"  # by request, at a checkpoint: not finished, not claimable until resumed
+    PRUNED = "pruned"  # a sweep's trial that its early termination stopped: finished, its metrics so far kept
 
 
-FINISHED_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+FINISHED_STATUSES: tuple[JobStatus, ...] = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED)
 ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
 STATUSES: tuple[JobStatus, ...] = (*ACTIVE_STATUSES, JobStatus.PAUSED, *FINISHED_STATUSES)
 
@@ -331,6 +332,11 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_status_id", "status", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_owner_id", "owner", "id"),
+        Index(
+            "ux_jobs_sweep_trial", "sweep_id", "trial_number", unique=True,
+            sqlite_where=text("sweep_id IS NOT NULL AND retry_of IS NULL"),
+            postgresql_where=text("sweep_id IS NOT NULL AND retry_of IS NULL"),
+        ),
     )
 
     id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
@@ -365,9 +371,46 @@ class Job(SQLModel, table=True):
     runs: list[dict[str, Any]] = ColumnField(
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
+    # A sweep's trial: the sweep, the trial's number in it (a retry keeps it), and what Optuna's
+    # storage would hold of it ({"params": as sampled, "system_attrs": ...}; app/sweeps.py).
+    sweep_id: int | None = ColumnField(default=None, sa_column=Column(RowId, ForeignKey("sweeps.id"), nullable=True))
+    trial_number: int | None = ColumnField(default=None)
+    trial: dict[str, Any] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
+    # Why early termination stopped it: {"rule", "epoch", "rung", "value", "message"}.
+    pruned: dict[str, Any] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
     lease_expires_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     started_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
+    finished_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+# Where a sweep is: trials still to run or running, all run, cancelled by request, or stopped
+# after too many failed trials in a row.
+class SweepStatus(StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+# A search over job parameters (app/sweeps.py): its trials are jobs with its id.
+class Sweep(SQLModel, table=True):
+    __tablename__ = "sweeps"
+
+    id: int | None = ColumnField(default=None, sa_column=Column(RowId, primary_key=True))
+    name: str = ColumnField(max_length=128)
+    owner: str = ColumnField(default=ADMIN_NAME, max_length=64)
+    status: str = ColumnField(default=SweepStatus.RUNNING, max_length=16, index=True)
+    method: str = ColumnField(max_length=16)
+    metric: str = ColumnField(max_length=32)
+    goal: str = ColumnField(max_length=16)
+    run_cap: int
+    parallel: int
+    seed: int = ColumnField(sa_column=Column(BigInteger, nullable=False))
+    # The config as given (JSON of the W&B sweep config, YAML parsed), and as validated.
+    config: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    reason: str | None = ColumnField(default=None, max_length=1024)
+    created_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     finished_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
 
 
@@ -477,6 +520,16 @@ class CheckpointPublic(BaseModel):
     at: datetime
 
 
+# Why early termination stopped a trial: the rule, the epoch it was checked at, the rung (hyperband)
+# and the metric's value then, in one line.
+class PrunedPublic(BaseModel):
+    rule: str
+    epoch: int
+    rung: int | None = None
+    value: float | None = None
+    message: str
+
+
 # Why a queued job is not about to start.
 class WaitingReason(BaseModel):
     code: Literal["no_worker", "all_busy"]
@@ -519,6 +572,9 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     queue_position: int | None = Field(description="1-based among queued jobs, in the order workers take them; null unless queued")
     waiting_reason: WaitingReason | None = Field(description="Why a queued job waits; null when a worker takes it next")
+    sweep_id: int | None = Field(default=None, description="The sweep this job is a trial of")
+    trial_number: int | None = Field(default=None, description="Its trial's number in the sweep, from 0 (a retry keeps it)")
+    pruned: PrunedPublic | None = Field(default=None, description="Why the sweep's early termination stopped it")
 
     @classmethod
     def from_job(
@@ -570,6 +626,9 @@ class JobPublic(BaseModel):
             finished_at=as_utc(job.finished_at),
             queue_position=queue_position,
             waiting_reason=waiting_reason,
+            sweep_id=job.sweep_id,
+            trial_number=job.trial_number,
+            pruned=PrunedPublic.model_validate(job.pruned) if job.pruned else None,
         )
 
 

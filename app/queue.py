@@ -64,6 +64,9 @@ class Claim:
     params: dict[str, Any]
     # The job's last checkpoint in the store, which this attempt resumes from (None: from scratch).
     checkpoint: dict[str, Any] | None = None
+    # A sweep's trial: its sweep, and the W&B group its run joins (the sweep's name).
+    sweep_id: int | None = None
+    wandb_group: str | None = None
 
 
 RenewOutcome = Literal["ok", "cancel", "pause", "lost"]
@@ -79,27 +82,36 @@ def submit(
     max_queued: int | None = None, retry_of: int | None = None, owner: str = ADMIN_NAME,
 ) -> Job:
     """Queue a job for `owner`. With max_queued, refuse (QueueFull) while that many jobs wait already."""
-    values = params.model_dump(mode="json")
-    values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         if max_queued is not None:
             _serialise_submits(session)
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
-        job = Job(
-            id=_next_sqlite_id(session), name=values["name"] or "", owner=owner, params=values,
-            max_attempts=max_attempts, retry_of=retry_of,
-        )
-        session.add(job)
-        session.flush()
-        if not job.name:
-            job.name = f"job-{job.id}"
-            job.params = {**values, "name": job.name}
-        _notify(session)
+        job = add_job(session, params, default_wandb_mode=default_wandb_mode, max_attempts=max_attempts, owner=owner, retry_of=retry_of)
         session.commit()
         session.refresh(job)
     log.info("job %d queued", job.id, extra={"job_id": job.id})
+    return job
+
+
+def add_job(
+    session: Session, params: JobCreate, *, default_wandb_mode: str, max_attempts: int, owner: str, **columns: Any
+) -> Job:
+    """A new job row in the caller's transaction (submit's, or a sweep's for its trials), and the
+    wake-up for workers when it commits. `columns` sets others (retry_of, a trial's, a status)."""
+    values = params.model_dump(mode="json")
+    values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
+    job = Job(
+        id=_next_sqlite_id(session), name=values["name"] or "", owner=owner, params=values, max_attempts=max_attempts,
+        **columns,
+    )
+    session.add(job)
+    session.flush()
+    if not job.name:
+        job.name = f"job-{job.id}"
+        job.params = {**values, "name": job.name}
+    notify(session)
     return job
 
 
@@ -138,6 +150,9 @@ _CLAIM_PARAMS_SQLITE = (
     bindparam("now", type_=DateTime(timezone=True)),
     bindparam("empty", type_=JSON),
 )
+_CLAIMED = {
+    "id": Integer, "attempts": Integer, "name": String, "params": JSON, "checkpoint": JSON, "sweep_id": Integer, "trial": JSON,
+}
 _CLAIM_PARAMS_POSTGRES = (bindparam("lease_seconds", type_=Float), bindparam("empty", type_=JSON))
 
 _CLAIM_POSTGRES = text(f"""
@@ -146,14 +161,14 @@ _CLAIM_POSTGRES = text(f"""
     )
     UPDATE jobs SET {_CLAIM_SET.format(lease="now() + make_interval(secs => :lease_seconds)", now="now()")}
     FROM next_job WHERE jobs.id = next_job.id
-    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params, jobs.checkpoint
-""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(id=Integer, attempts=Integer, name=String, params=JSON, checkpoint=JSON)
+    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params, jobs.checkpoint, jobs.sweep_id, jobs.trial
+""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(**_CLAIMED)
 
 _CLAIM_SQLITE = text(f"""
     UPDATE jobs SET {_CLAIM_SET.format(lease=":lease", now=":now")}
     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-    RETURNING id, attempts, name, params, checkpoint
-""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(id=Integer, attempts=Integer, name=String, params=JSON, checkpoint=JSON)
+    RETURNING id, attempts, name, params, checkpoint, sweep_id, trial
+""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(**_CLAIMED)
 
 
 def claim(engine: Engine, worker_id: str, lease_seconds: float, host: str | None = None) -> Claim | None:
@@ -174,7 +189,8 @@ def claim(engine: Engine, worker_id: str, lease_seconds: float, host: str | None
     if row is None:
         return None
     return Claim(
-        job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params, checkpoint=row.checkpoint
+        job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params, checkpoint=row.checkpoint,
+        sweep_id=row.sweep_id, wandb_group=(row.trial or {}).get("group"),
     )
 
 
@@ -188,7 +204,7 @@ def _seconds(engine: Engine, seconds: float):
     return timedelta(seconds=seconds) if is_sqlite(engine) else func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-def _fence(claim: Claim):
+def fence(claim: Claim):
     return (
         (Job.id == claim.job_id)
         & (Job.worker_id == claim.worker_id)
@@ -198,13 +214,13 @@ def _fence(claim: Claim):
 
 
 def _fenced_update(session: Session, claim: Claim, **values: Any) -> bool:
-    result = session.execute(update(Job).where(_fence(claim)).values(**values))
+    result = session.execute(update(Job).where(fence(claim)).values(**values))
     return result.rowcount == 1
 
 
 def _owns(session: Session, claim: Claim) -> bool:
     """The fence for rows of a job's own tables: the job is still this attempt's."""
-    return session.scalar(select(func.count()).select_from(Job).where(_fence(claim))) == 1
+    return session.scalar(select(func.count()).select_from(Job).where(fence(claim))) == 1
 
 
 def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
@@ -212,7 +228,7 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
     with session_scope(engine) as session:
         row = session.execute(
             update(Job)
-            .where(_fence(claim))
+            .where(fence(claim))
             .values(lease_expires_at=_clock(engine) + _seconds(engine, lease_seconds))
             .returning(Job.cancel_requested, Job.pause_requested)
         ).first()
@@ -231,7 +247,7 @@ def renew(engine: Engine, claim: Claim, lease_seconds: float) -> RenewOutcome:
 
 def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, run_id: str | None, run_dir: str | None, note: str | None, host: str | None = None) -> bool:
     """The attempt's W&B run; its folder joins the job's list of attempt folders (synced in order)."""
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         job = session.get(Job, claim.job_id)
         earlier = [entry for entry in (job.wandb_attempts if job else []) if entry.get("attempt") != claim.attempt]
         attempts = [*earlier, {"attempt": claim.attempt, "host": host, "dir": run_dir and run_dir[:1024], "mode": mode}]
@@ -245,7 +261,7 @@ def record_wandb(engine: Engine, claim: Claim, *, mode: str, url: str | None, ru
 
 def record_run(engine: Engine, claim: Claim, *, host: str, device: str) -> bool:
     """Where this attempt trains (its worker, host and device) joins the job's list of runs."""
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         job = session.get(Job, claim.job_id)
         earlier = [run for run in (job.runs if job else []) if run.get("attempt") != claim.attempt]
         run = {"attempt": claim.attempt, "worker": claim.worker_id, "host": host, "device": device}
@@ -347,7 +363,7 @@ def pause(engine: Engine, claim: Claim) -> bool:
     attempt. A cancel asked for meanwhile wins."""
     with session_scope(engine) as session:
         cancelled = session.execute(
-            update(Job).where(_fence(claim) & Job.cancel_requested).values(
+            update(Job).where(fence(claim) & Job.cancel_requested).values(
                 status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
             )
         ).rowcount
@@ -362,13 +378,16 @@ def pause(engine: Engine, claim: Claim) -> bool:
 def finish(
     engine: Engine,
     claim: Claim,
-    status: Literal["succeeded", "failed", "cancelled"],
+    status: Literal["succeeded", "failed", "cancelled", "pruned"],
     *,
     error: str | None = None,
     metrics: dict[str, Any] | None = None,
     artifacts: list[dict[str, Any]] | None = None,
+    pruned: dict[str, Any] | None = None,
 ) -> bool:
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(), "lease_expires_at": None}
+    if pruned is not None:
+        values["pruned"] = pruned
     if metrics is not None:
         values["metrics"] = metrics
     if artifacts is not None:
@@ -390,7 +409,7 @@ def release(engine: Engine, claim: Claim) -> bool:
         job = session.get(Job, claim.job_id)
         checkpoint = job.checkpoint if job is not None else None
         cancelled = session.execute(
-            update(Job).where(_fence(claim) & Job.cancel_requested).values(
+            update(Job).where(fence(claim) & Job.cancel_requested).values(
                 status=JobStatus.CANCELLED, finished_at=utcnow(), lease_expires_at=None, error="cancelled by request"
             )
         ).rowcount
@@ -403,7 +422,7 @@ def release(engine: Engine, claim: Claim) -> bool:
             if checkpoint is not None:
                 undone = undone & ~_checkpointed(checkpoint)
             session.execute(delete(JobMetric).where(undone))
-            _notify(session)
+            notify(session)
         session.commit()
     return owned
 
@@ -419,7 +438,7 @@ def request_cancel(engine: Engine, job_id: int) -> Job:
     running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING)
     # Conditional updates rather than read-then-write, so a job that changes state meanwhile
     # (claimed, finished) is judged by the state it has when the cancel lands.
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         changed = session.execute(
             update(Job).where(queued).values(status=JobStatus.CANCELLED, finished_at=utcnow(), error="cancelled before it started")
         ).rowcount
@@ -442,7 +461,7 @@ def _flag_running(session: Session, running, **flag: bool) -> int:
     """Ask a running job's worker to end it; its slot is woken to look at once (JobWakeups)."""
     flagged = session.execute(update(Job).where(running).values(**flag)).rowcount
     if flagged:
-        _notify(session)
+        notify(session)
     return flagged
 
 
@@ -450,7 +469,7 @@ def ending_requested(engine: Engine, claim: Claim) -> bool:
     """Whether a cancel or a pause waits for this attempt: a read, far cheaper than a renewal."""
     with session_scope(engine) as session:
         return bool(session.scalar(
-            select(func.count()).select_from(Job).where(_fence(claim) & (Job.cancel_requested | Job.pause_requested))
+            select(func.count()).select_from(Job).where(fence(claim) & (Job.cancel_requested | Job.pause_requested))
         ))
 
 
@@ -459,7 +478,7 @@ def request_pause(engine: Engine, job_id: int) -> Job:
     checkpoints where it is and exits."""
     queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
     running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING) & ~Job.cancel_requested
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         changed = session.execute(update(Job).where(queued).values(status=JobStatus.PAUSED)).rowcount
         changed = changed or _flag_running(session, running, pause_requested=True)
         job = session.get(Job, job_id)
@@ -469,13 +488,13 @@ def request_pause(engine: Engine, job_id: int) -> Job:
 
 def request_resume(engine: Engine, job_id: int) -> Job:
     """A paused job goes back to the queue; its next attempt starts from its checkpoint."""
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         changed = session.execute(
             update(Job).where((Job.id == job_id) & (Job.status == JobStatus.PAUSED)).values(status=JobStatus.QUEUED)
         ).rowcount
         job = session.get(Job, job_id)
         if changed:
-            _notify(session)
+            notify(session)
         session.commit()
     return _answer(job, job_id, changed, "resume")
 
@@ -497,7 +516,7 @@ def retry(
 def update_job(engine: Engine, job_id: int, changes: JobUpdate) -> Job:
     """Rename a job, replace its tags or its notes, in any state; fields not given keep their values."""
     given = changes.model_dump(include=changes.model_fields_set)
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise JobNotFound(job_id)
@@ -518,7 +537,7 @@ def delete_job(engine: Engine, job_id: int, settings: Settings) -> None:
     A retry that points at it keeps working, unlinked. Its outcome and times stay in deleted_jobs,
     so the counters and histograms of /metrics never go down.
     """
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
             raise JobNotFound(job_id)
@@ -575,7 +594,7 @@ def reap_expired(engine: Engine, now: datetime | None = None) -> int:
             update(Job).where(expired).values(status=JobStatus.QUEUED, worker_id=None, lease_expires_at=None)
         ).rowcount
         if requeued:
-            _notify(session)
+            notify(session)
         session.commit()
     return cancelled + lost + requeued
 
@@ -586,7 +605,7 @@ def reap_expired(engine: Engine, now: datetime | None = None) -> int:
 
 
 def register_worker(engine: Engine, worker: Worker) -> None:
-    with _write_session(engine) as session:
+    with write_session(engine) as session:
         session.merge(worker)
         session.commit()
 
@@ -611,7 +630,7 @@ def worker_alive(worker: Worker, lease_seconds: float, now: datetime) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_session(engine: Engine) -> Session:
+def write_session(engine: Engine) -> Session:
     """A session for a transaction that reads before it writes: BEGIN IMMEDIATE on SQLite, so it
     waits for the write lock up front instead of failing on a stale snapshot."""
     if is_sqlite(engine):
@@ -627,7 +646,7 @@ def _serialise_submits(session: Session) -> None:
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SUBMIT_LOCK_KEY})
 
 
-def _notify(session: Session) -> None:
+def notify(session: Session) -> None:
     """Wake PostgreSQL workers' slots when this transaction commits (NOTIFY is transactional):
     idle ones to claim, busy ones to look for a cancel or pause."""
     if not is_sqlite(session.get_bind()):
