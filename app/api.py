@@ -12,9 +12,15 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, st
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine, text
 
-from app import queue, reads, users
-from app.deps import CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly, SettingsDep
-from app.models import Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, Tag, UserName, WorkerPublic, utcnow
+from app import queue, reads, sweeps, users
+from app.deps import (
+    CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly,
+    SettingsDep, SweepConfigBody, SweepId,
+)
+from app.models import (
+    Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, SweepPage, SweepPublic, Tag, UserName,
+    WorkerPublic, utcnow,
+)
 from app.settings import Settings
 
 router = APIRouter()
@@ -29,11 +35,16 @@ async def refusal(_request: Request, exc: Exception) -> JSONResponse:
     """Refusals as HTTP answers: unknown job 404, someone else's job 403, wrong state 409, full queue 429."""
     if isinstance(exc, queue.QueueFull):
         return JSONResponse({"detail": str(exc)}, status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": "30"})
-    codes = {queue.JobNotFound: status.HTTP_404_NOT_FOUND, users.NotAllowed: status.HTTP_403_FORBIDDEN}
+    codes = {
+        queue.JobNotFound: status.HTTP_404_NOT_FOUND, sweeps.SweepNotFound: status.HTTP_404_NOT_FOUND,
+        users.NotAllowed: status.HTTP_403_FORBIDDEN,
+    }
     return JSONResponse({"detail": str(exc)}, codes.get(type(exc), status.HTTP_409_CONFLICT))
 
 
-REFUSALS = (queue.JobNotFound, queue.JobStateConflict, queue.QueueFull, users.NotAllowed)
+REFUSALS = (
+    queue.JobNotFound, queue.JobStateConflict, queue.QueueFull, users.NotAllowed, sweeps.SweepNotFound, sweeps.SweepStateConflict,
+)
 
 
 def _view(engine: Engine, settings: Settings, job: Job) -> JobPublic:
@@ -80,6 +91,7 @@ def list_jobs(
     tag: Annotated[Tag | None, Query(description="One of the job's tags is exactly it")] = None,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     owner: Annotated[UserName | None, Query(description="Only this user's jobs")] = None,
+    sweep_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Only this sweep's trials")] = None,
     created_after: Annotated[datetime | None, Query(description="Created at or after it (ISO 8601; no offset: UTC)")] = None,
     created_before: Annotated[datetime | None, Query(description="Created before it (ISO 8601; no offset: UTC)")] = None,
     sort: Annotated[
@@ -91,7 +103,7 @@ def list_jobs(
     """Jobs, newest first unless `sort` says otherwise. Unknown query parameters are refused."""
     listing = reads.list_jobs(
         engine, status=status_filter, search=search, tag=tag, owner=owner, created_after=created_after,
-        created_before=created_before, sort=sort, limit=limit, offset=offset,
+        created_before=created_before, sort=sort, limit=limit, offset=offset, sweep_id=sweep_id,
     )
     items = reads.job_views(engine, listing.jobs, settings.lease_seconds)
     return JobPage(items=items, total=listing.total, limit=limit, offset=offset)
@@ -248,9 +260,60 @@ def retry_job(
     original: JobToRetry, user: CurrentUser, response: Response, engine: EngineDep, settings: SettingsDep
 ) -> JobPublic:
     """A new job with the same parameters as a failed or cancelled one, linked to it and owned by whoever asks."""
-    job = queue.retry(engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name)
+    if original.sweep_id is not None:
+        job = sweeps.retry_trial(engine, settings, original, owner=user.name)
+    else:
+        job = queue.retry(engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name)
     response.headers["Location"] = f"/jobs/{job.id}"
     return _view(engine, settings, job)
+
+
+SWEEP_NOT_FOUND = {404: {"description": "No sweep with this id"}}
+
+
+@router.post(
+    "/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepPublic, tags=["sweeps"],
+    responses={413: {"description": "The body is over 1 MiB"}},
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/SweepConfig"}},
+        "application/yaml": {"schema": {"type": "string", "description": "The same config as YAML (no anchors or aliases)"}},
+    }}},
+)
+def create_sweep(
+    config: SweepConfigBody, user: CurrentUser, response: Response, engine: EngineDep, settings: SettingsDep
+) -> SweepPublic:
+    """Start a sweep from a W&B sweep config (JSON, or YAML with `Content-Type: application/yaml`):
+    its first `parallel` trials are queued at once, owned by whoever sends it."""
+    sweep = sweeps.create(engine, settings, config.plan, config.document, owner=user.name)
+    response.headers["Location"] = f"/sweeps/{sweep.id}"
+    return sweeps.sweep_view(engine, sweep.id)
+
+
+@router.get("/sweeps", response_model=SweepPage, dependencies=[KnownQueryOnly], tags=["sweeps"])
+def list_sweeps(
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> SweepPage:
+    """Sweeps, newest first, with their progress and best trial so far."""
+    items, total = sweeps.list_sweeps(engine, limit=limit, offset=offset)
+    return SweepPage(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/sweeps/{sweep_id}", response_model=SweepPublic, responses=SWEEP_NOT_FOUND, tags=["sweeps"])
+def read_sweep(sweep_id: SweepId, engine: EngineDep) -> SweepPublic:
+    """One sweep with its trials, best first. A browser gets its page."""
+    return sweeps.sweep_view(engine, sweep_id)
+
+
+@router.post(
+    "/sweeps/{sweep_id}/cancel", response_model=SweepPublic, responses={**SWEEP_NOT_FOUND, **FORBIDDEN, **CONFLICT}, tags=["sweeps"],
+)
+def cancel_sweep(sweep_id: SweepId, user: CurrentUser, engine: EngineDep) -> SweepPublic:
+    """Stop a running sweep: no new trials; its queued trials are cancelled and its running ones stopped."""
+    users.authorize(user, sweeps.get(engine, sweep_id), "cancel")
+    sweeps.cancel(engine, sweep_id)
+    return sweeps.sweep_view(engine, sweep_id)
 
 
 @router.get("/workers", response_model=list[WorkerPublic], tags=["workers"])

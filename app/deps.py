@@ -1,9 +1,11 @@
 """Request dependencies shared by the JSON API and the pages, and content negotiation: which of
 the two answers a request for a URL they share."""
 
-from typing import Annotated
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
@@ -15,6 +17,7 @@ from app import queue, users
 from app.db import get_engine
 from app.models import Job
 from app.settings import Settings
+from app.sweepconfig import SweepConfigError, SweepPlan, parse_yaml, plan
 
 
 def settings_dependency(request: Request) -> Settings:
@@ -63,6 +66,7 @@ class PageRoute(APIRoute):
 # Ids fit a signed 64-bit column on every database; a larger one is simply not found.
 MAX_JOB_ID = 2**63 - 1
 JobId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The job's id")]
+SweepId = Annotated[int, Path(ge=1, le=MAX_JOB_ID, description="The sweep's id")]
 
 
 class JobWrite:
@@ -115,3 +119,55 @@ def refuse_unknown_query(request: Request) -> None:
 
 # A route's `dependencies=[KnownQueryOnly]`: its query parameters, and no others.
 KnownQueryOnly = Depends(refuse_unknown_query)
+
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    plan: SweepPlan
+    document: dict[str, Any]  # the config as sent, parsed
+
+
+def sweep_document(text: str, yaml: bool) -> Any:
+    """A sweep config's text, parsed as YAML or JSON; a 422 saying where it stops parsing."""
+    if yaml:
+        return parse_yaml(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SweepConfigError([{
+            "type": "sweep_config", "loc": (), "input": None,
+            "msg": f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        }]) from None
+
+
+def validated_sweep(data: Any, where: tuple[str, ...] = ("body",)) -> SweepRequest:
+    """A parsed config, checked: a RequestValidationError (the 422 every refused field gets) if not."""
+    try:
+        return SweepRequest(plan(data), data)
+    except SweepConfigError as exc:
+        raise _refused(exc, where) from None
+
+
+def _refused(exc: SweepConfigError, where: tuple[str, ...]) -> RequestValidationError:
+    return RequestValidationError([{**error, "loc": where + tuple(error["loc"])} for error in exc.errors])
+
+
+async def sweep_config(request: Request) -> SweepRequest:
+    """POST /sweeps's body: a W&B sweep config as JSON, or YAML by its Content-Type."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    yaml = content_type in YAML_TYPES
+    if not yaml and content_type not in ("application/json", ""):
+        raise HTTPException(415, f"send the sweep config as application/json or application/yaml, not {content_type}")
+    try:
+        data = sweep_document((await request.body()).decode("utf-8"), yaml)
+    except UnicodeDecodeError:
+        raise RequestValidationError([{"type": "utf8", "loc": ("body",), "msg": "the body is not UTF-8", "input": None}]) from None
+    except SweepConfigError as exc:
+        raise _refused(exc, ("body",)) from None
+    return validated_sweep(data)
+
+
+SweepConfigBody = Annotated[SweepRequest, Depends(sweep_config)]

@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from app import api, inputs, metrics, pages, security
+from app import api, inputs, metrics, pages, security, sweepconfig
 from app.deps import query_names
 from app.templating import STATIC_DIR, SWAGGER_UI_ASSETS, templates
 from app.db import get_engine, migrate
@@ -51,7 +51,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pages.shared_router)  # before the API's: browsers get the page at a shared URL
     app.include_router(api.router)
     app.include_router(metrics.router)
+    _document_schemas(app)
     return app
+
+
+def _document_schemas(app: FastAPI) -> None:
+    """Add to the OpenAPI document the schemas of bodies that routes read themselves (a sweep config)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            generate().setdefault("components", {}).setdefault("schemas", {}).update(sweepconfig.json_schemas())
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -655,6 +655,51 @@ class WorkerPublic(BaseModel):
     alive: bool
 
 
+# One trial of a sweep as the sweep shows it: the swept parameters and the metric it is scored by.
+class SweepTrialPublic(BaseModel):
+    id: int
+    trial_number: int
+    status: JobStatus
+    params: dict[str, Any] = Field(description="The swept parameters")
+    value: float | None = Field(description="The sweep's metric: final, or a pruned trial's last epoch's")
+    epochs_trained: int
+    pruned_at_epoch: int | None = None
+    wandb_url: str | None = None
+
+
+class SweepSummary(BaseModel):
+    id: int
+    name: str
+    owner: str
+    status: str = Field(description="running, finished, cancelled or failed")
+    reason: str | None = Field(description="Why a sweep stopped early (failed trials in a row), or was cancelled")
+    method: str
+    metric: str
+    goal: str
+    run_cap: int = Field(description="The trials it runs (a grid: its size, or run_cap if smaller)")
+    parallel: int
+    seed: int
+    counts: dict[str, int] = Field(description="Its trials by status")
+    trials: int = Field(description="Trials created so far, out of run_cap")
+    best_job_id: int | None
+    best_value: float | None
+    best_params: dict[str, Any] | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SweepPublic(SweepSummary):
+    config: dict[str, Any] = Field(description="The config as given")
+    jobs: list[SweepTrialPublic] = Field(description="Its trials, best first by the metric; trials without a value last")
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummary]
+    total: int
+    limit: int
+    offset: int
+
+
 class JobPage(BaseModel):
     items: list[JobPublic]
     total: int

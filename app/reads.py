@@ -87,13 +87,15 @@ def list_jobs(
     engine: Engine, *, status: JobStatus | None, limit: int, offset: int, search: str | None = None,
     owner: str | None = None,
     tag: str | None = None, created_after: datetime | None = None, created_before: datetime | None = None,
-    sort: JobSort = "-created",
+    sort: JobSort = "-created", sweep_id: int | None = None,
 ) -> JobListing:
     """A page of jobs in `sort` order (jobs without the metric or time sorted on come last, either
     way), created in [created_after, created_before)."""
     conditions = [_search_condition(search)] if search else []
     if owner:
         conditions.append(Job.owner == owner)
+    if sweep_id is not None:
+        conditions.append(Job.sweep_id == sweep_id)
     if tag:
         conditions.append(_tag_condition(engine, tag))
     if created_after:

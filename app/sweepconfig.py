@@ -11,12 +11,13 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from app.models import JobCreate, JobName
+from app.inputs import REFUSE_CONTROL
+from app.models import JobCreate, JobName, Notes
 
 # The metrics a sweep may optimise: the job's, by their names in the job's metrics or in W&B.
 METRICS: dict[str, str] = {
@@ -35,6 +36,7 @@ DISTRIBUTIONS = (
     "normal", "log_normal",
 )
 Number = int | float
+Text = Annotated[str, StringConstraints(max_length=1024), REFUSE_CONTROL]
 
 
 class SweepConfigError(ValueError):
@@ -52,17 +54,17 @@ def _error(loc: tuple[Any, ...], message: str, value: Any = None) -> dict[str, A
 # ---- The config's shape ---------------------------------------------------------------------------
 
 
-class Metric(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SweepMetric(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(description="test_accuracy, test_loss or train_loss, or their W&B names (Test Accuracy, Test Loss)")
     goal: Literal["maximize", "minimize"] = Field(default="minimize", description="W&B's default is minimize")
 
 
-class Parameter(BaseModel):
+class SweepParameter(BaseModel):
     """One parameter's W&B form: `value`, `values` (with `probabilities`), or a `distribution`
     with its bounds (`min`/`max`, `q`, `mu`/`sigma`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     value: Any = None
     values: list[Any] | None = Field(default=None, min_length=1, max_length=MAX_GRID)
     probabilities: list[float] | None = None
@@ -74,11 +76,11 @@ class Parameter(BaseModel):
     sigma: float | None = Field(default=None, gt=0)
 
 
-class EarlyTerminate(BaseModel):
+class SweepEarlyTerminate(BaseModel):
     """W&B's `hyperband` (min_iter, or max_iter with s; eta), or `median`: stop a trial whose
     metric at an epoch is worse than the median of earlier trials' at that epoch, from min_iter on."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     type: Literal["hyperband", "median"]
     min_iter: int | None = Field(default=None, ge=1, le=10_000)
     max_iter: int | None = Field(default=None, ge=1, le=10_000)
@@ -87,7 +89,7 @@ class EarlyTerminate(BaseModel):
     strict: bool | None = None  # W&B's; the pruners here are always as strict as their rule
 
     @model_validator(mode="after")
-    def has_a_minimum(self) -> "EarlyTerminate":
+    def has_a_minimum(self) -> "SweepEarlyTerminate":
         if self.type == "hyperband" and self.min_iter is None and (self.max_iter is None or self.s is None):
             raise ValueError("hyperband needs min_iter, or max_iter and s")
         return self
@@ -106,20 +108,20 @@ class SweepConfig(BaseModel):
     """A W&B sweep config, with trainboard's `seed` and `parallel`. `program`, `command` and
     `description` are kept as given; `project` and `entity` become the trials' W&B project and entity."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: JobName | None = Field(default=None, description="The sweep's name, and its trials' W&B group (default: sweep-<id>)")
-    description: str | None = Field(default=None, max_length=10_000)
+    description: Notes | None = None
     method: Literal["grid", "random", "bayes"]
-    metric: Metric | None = Field(default=None, description="Required for bayes and early_terminate")
-    parameters: dict[str, Parameter] = Field(min_length=1, max_length=64)
+    metric: SweepMetric | None = Field(default=None, description="Required for bayes and early_terminate")
+    parameters: dict[str, SweepParameter] = Field(min_length=1, max_length=64)
     run_cap: int | None = Field(default=None, ge=1, le=MAX_RUN_CAP, description="Required for random and bayes")
-    early_terminate: EarlyTerminate | None = None
+    early_terminate: SweepEarlyTerminate | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Seeds the sampler (default: drawn once, then stored)")
     parallel: int = Field(default=DEFAULT_PARALLEL, ge=1, le=MAX_PARALLEL, description="Most trials queued or running at once")
-    program: str | None = Field(default=None, max_length=1024)
-    command: list[str] | None = Field(default=None, max_length=64)
-    project: str | None = None
-    entity: str | None = None
+    program: Text | None = None
+    command: list[Text] | None = Field(default=None, max_length=64)
+    project: Text | None = None
+    entity: Text | None = None
 
 
 # ---- What the config means ------------------------------------------------------------------------
@@ -272,7 +274,7 @@ def _search_space(config: SweepConfig, errors: list[dict[str, Any]]) -> tuple[di
     return fixed, dimensions
 
 
-def _form(parameter: Parameter) -> str | None:
+def _form(parameter: SweepParameter) -> str | None:
     """The parameter's distribution, as W&B infers it when not given."""
     given = parameter.model_fields_set
     if parameter.distribution:
@@ -287,7 +289,7 @@ def _form(parameter: Parameter) -> str | None:
 
 
 def _dimension(
-    name: str, parameter: Parameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]],
+    name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]],
 ) -> Dimension | tuple[Any] | None:
     """The parameter as a Dimension, or (value,) for a constant; None after recording errors."""
     form = _form(parameter)
@@ -320,7 +322,7 @@ def _dimension(
     return _continuous(name, parameter, form, loc, errors)
 
 
-def _categorical(name: str, parameter: Parameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
+def _categorical(name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
     values = tuple(parameter.values)
     probabilities = parameter.probabilities
     if probabilities is None or method == "grid":
@@ -338,7 +340,7 @@ def _categorical(name: str, parameter: Parameter, method: str, loc: tuple[Any, .
     return Dimension(name, "float", low=0.0, high=1.0, decode=pick)
 
 
-def _continuous(name: str, parameter: Parameter, form: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
+def _continuous(name: str, parameter: SweepParameter, form: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
     kind = _field_type(name)
     if kind not in ("integer", "number"):
         errors.append(_error(loc + ("distribution",), f"`{name}` is not a number: give it values", form))
@@ -385,3 +387,10 @@ def _continuous(name: str, parameter: Parameter, form: str, loc: tuple[Any, ...]
         name, "float", low=float(low), high=float(high), log=form in ("log_uniform_values", "q_log_uniform_values"),
         decode=lambda value: as_field(min(max(quantise(value), low), high)),
     )
+
+
+def json_schemas() -> dict[str, Any]:
+    """SweepConfig's JSON schema and those it refers to, for the OpenAPI document's components
+    (POST /sweeps reads its body itself, to take YAML as well)."""
+    schema = SweepConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs", {}), "SweepConfig": schema}

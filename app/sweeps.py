@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 
 from app import queue
 from app.db import session_scope
 from app.models import (
-    ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobCreate, JobMetric, JobStatus, Sweep, SweepStatus, utcnow,
+    ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobCreate, JobMetric, JobStatus, Sweep, SweepPublic, SweepStatus, SweepSummary,
+    SweepTrialPublic, as_utc, utcnow,
 )
 from app.settings import Settings
 from app.sweepconfig import SweepPlan, plan
@@ -382,3 +383,59 @@ class _Study:
             f"pruned by hyperband at epoch {epoch} (rung {rung}, eta {rule.eta}): {shown} was not in the best 1/{rule.eta} "
             "of the trials that reached this rung"
         )), system_attrs
+
+
+# ---------------------------------------------------------------------------------------------
+# What the API and the pages show
+# ---------------------------------------------------------------------------------------------
+
+
+def list_sweeps(engine: Engine, *, limit: int, offset: int) -> tuple[list[SweepSummary], int]:
+    with session_scope(engine) as session:
+        total = session.scalar(select(func.count()).select_from(Sweep)) or 0
+        found = list(session.scalars(select(Sweep).order_by(col(Sweep.id).desc()).limit(limit).offset(offset)))
+        return [_summary(session, sweep)[0] for sweep in found], total
+
+
+def sweep_view(engine: Engine, sweep_id: int) -> SweepPublic:
+    with session_scope(engine) as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is None:
+            raise SweepNotFound(sweep_id)
+        summary, trials = _summary(session, sweep)
+    rank = (lambda trial: -trial.value) if sweep.goal == "maximize" else (lambda trial: trial.value)
+    ordered = sorted(trials, key=lambda trial: (trial.value is None, rank(trial) if trial.value is not None else 0, trial.trial_number))
+    return SweepPublic(**summary.model_dump(), config=sweep.config, jobs=ordered)
+
+
+def _summary(session: Session, sweep: Sweep) -> tuple[SweepSummary, list[SweepTrialPublic]]:
+    jobs = _trials(session, sweep.id)
+    values = epoch_values(session, jobs, sweep.metric)
+    swept = [name for name in sweep.config.get("parameters", {}) if _is_swept(sweep.config["parameters"][name])]
+    trials = [
+        SweepTrialPublic(
+            id=job.id, trial_number=job.trial_number, status=job.status,
+            params={name: job.params.get(name) for name in swept},
+            value=trial_value(job, sweep.metric, values.get(job.id, {})),
+            epochs_trained=max(values.get(job.id, {}) or [0]),
+            pruned_at_epoch=(job.pruned or {}).get("epoch"), wandb_url=job.wandb_url,
+        )
+        for job in jobs
+    ]
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    scored = [trial for trial in trials if trial.value is not None and math.isfinite(trial.value)]
+    best = (max if sweep.goal == "maximize" else min)(scored, key=lambda trial: trial.value) if scored else None
+    summary = SweepSummary(
+        id=sweep.id, name=sweep.name, owner=sweep.owner, status=sweep.status, reason=sweep.reason, method=sweep.method,
+        metric=sweep.metric, goal=sweep.goal, run_cap=sweep.run_cap, parallel=sweep.parallel, seed=sweep.seed,
+        counts=counts, trials=len(jobs), best_job_id=best.id if best else None, best_value=best.value if best else None,
+        best_params=best.params if best else None, created_at=as_utc(sweep.created_at), finished_at=as_utc(sweep.finished_at),
+    )
+    return summary, trials
+
+
+def _is_swept(parameter: Any) -> bool:
+    """Whether a config's parameter varies (not a `value` / constant)."""
+    return isinstance(parameter, dict) and "value" not in parameter and parameter.get("distribution") != "constant"

@@ -21,7 +21,7 @@ from sqlmodel import Field as ColumnField
 from sqlmodel import SQLModel, col
 
 from app.db import get_engine, migrate, session_scope
-from app.models import ADMIN_NAME, Job, UserName, as_utc, utcnow
+from app.models import ADMIN_NAME, Job, Sweep, UserName, as_utc, utcnow
 from app.settings import Settings
 
 MIN_TOKEN_LENGTH = 16
@@ -154,19 +154,19 @@ def end_session(engine: Engine, session_id: str) -> None:
 
 
 class NotAllowed(PermissionError):
-    def __init__(self, job_id: int, owner: str, action: str):
-        super().__init__(f"job {job_id} belongs to {owner}; only {owner} or an admin can {action} it")
+    def __init__(self, job_id: int, owner: str, action: str, what: str = "job"):
+        super().__init__(f"{what} {job_id} belongs to {owner}; only {owner} or an admin can {action} it")
 
 
-def may_change(caller: Caller, job: Job) -> bool:
+def may_change(caller: Caller, job: Job | Sweep) -> bool:
     return caller.is_admin or job.owner == caller.name
 
 
-def authorize(caller: Caller, job: Job, action: str) -> None:
-    """The rule for every write to a job (cancel, retry, and any added later): its owner or an
-    admin. Raises NotAllowed (403) naming the owner otherwise."""
+def authorize(caller: Caller, job: Job | Sweep, action: str) -> None:
+    """The rule for every write to a job or a sweep (cancel, retry, and any added later): its owner
+    or an admin. Raises NotAllowed (403) naming the owner otherwise."""
     if not may_change(caller, job):
-        raise NotAllowed(job.id, job.owner, action)
+        raise NotAllowed(job.id, job.owner, action, "sweep" if isinstance(job, Sweep) else "job")
 
 
 # ---------------------------------------------------------------------------------------------

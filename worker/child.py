@@ -50,6 +50,8 @@ def main() -> int:
             reporter=reporter,
             resume_from=spec.resume_from,
             checkpoint_request=checkpoint_request,
+            wandb_group=spec.wandb_group,
+            sweep_id=spec.sweep_id,
         )
     except (DataError, WeightsError, DiskFull) as exc:
         traceback.print_exc()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from app import queue
+from app import queue, sweeps
 from app.models import JobCreate, JobStatus
 from app.settings import JobFiles, Settings, wandb_environment
 from app.store import StoreError, StoreMisconfigured, StoreUnavailable
@@ -83,6 +83,7 @@ class Ending(Enum):
     STOPPED = "stopped"  # the worker is stopping: the job goes back to the queue
     PAUSED = "paused"  # a pause was asked for: the job waits, paused, at its checkpoint
     CANCELLED = "cancelled"  # a cancel was asked for: the job ends cancelled
+    PRUNED = "pruned"  # its sweep's early termination stopped it after an epoch: the job ends pruned
     LOST = "lost"  # the job is no longer ours: nothing more is written
 
 
@@ -113,6 +114,8 @@ class ChildProcess:
             cifar_verify=settings.cifar_verify,
             attempt=claim.attempt,
             resume_from=resume_from,
+            wandb_group=claim.wandb_group,
+            sweep_id=claim.sweep_id,
         )
         env = wandb_environment(child_environment(os.environ), spec.params.wandb_mode)
         env.setdefault("TORCH_HOME", str((settings.data_dir / "torch").resolve()))
@@ -381,6 +384,7 @@ class JobRun:
         self.files = JobFiles(settings.scratch_dir(claim.job_id))
         self.lease = Lease(settings, engine, claim)
         self.store = settings.store
+        self.pruning: sweeps.Pruning | None = None
 
     def run(self) -> None:
         if self.stopping.is_set():
@@ -437,6 +441,11 @@ class JobRun:
             self._record("cancel", "cancelled", lambda: queue.finish(
                 self.engine, self.claim, JobStatus.CANCELLED, error="cancelled by request"
             ))
+        elif ending is Ending.PRUNED:
+            pruning = self.pruning
+            self._record("pruning", f"pruned: {pruning.message}", lambda: queue.finish(
+                self.engine, self.claim, JobStatus.PRUNED, pruned=pruning.as_dict()
+            ))
         else:
             self._finish(child.returncode, events, output)
 
@@ -467,7 +476,7 @@ class JobRun:
         if not child.running:
             events.drain()
             return Ending.EXITED  # it finished meanwhile: record its result rather than run it again
-        if ending is Ending.CANCELLED:
+        if ending in (Ending.CANCELLED, Ending.PRUNED):
             child.terminate()
             if self._stop_child(child, events, output, self.settings.cancel_grace_seconds, (child.kill,)) is Ending.LOST:
                 return Ending.LOST
@@ -519,8 +528,11 @@ class JobRun:
                 return Ending.STOPPED
             if now >= next_flush or events.metrics is not None:
                 next_flush = now + PROGRESS_FLUSH_SECONDS
+                epoch_ended = events.metrics is not None
                 if not self._flush(events, output):
                     return Ending.LOST
+                if watch and epoch_ended and self._pruned():
+                    return Ending.PRUNED
             if watch and self._ending_requested():
                 next_beat = now  # renew now: the renewal says which ending
             if now >= self.lease.give_up_at():
@@ -533,6 +545,18 @@ class JobRun:
                 if renewal is Ending.LOST or (watch and renewal is not None):
                     return renewal
         return None
+
+    def _pruned(self) -> bool:
+        """After a sweep trial's epoch is stored: whether its sweep's early termination stops it."""
+        if self.claim.sweep_id is None:
+            return False
+        try:
+            self.pruning = sweeps.judge(self.engine, self.claim)
+        except TRANSIENT_ERRORS:
+            return False  # judged again after the next epoch
+        if self.pruning is not None:
+            self.log.info("job %d: %s", self.claim.job_id, self.pruning.message)
+        return self.pruning is not None
 
     def _ending_requested(self) -> bool:
         """Whether a cancel or pause was asked for since the last look; a look only when the

@@ -36,6 +36,9 @@ class ChildSpec(BaseModel):
     cifar_verify: bool
     attempt: int = 1
     resume_from: Path | None = None
+    # A sweep's trial: its W&B run joins the sweep's group, and its config names the sweep.
+    wandb_group: str | None = None
+    sweep_id: int | None = None
 
 
 # A diverged run's NaN or infinite loss is written as null: JSON, and PostgreSQL's JSON type, have no NaN.

@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from app import queue
+from app import queue, sweeps
 from app.models import Worker
 from app.settings import Settings
 from worker.gpus import Nvml
@@ -102,6 +102,7 @@ class Supervisor:
                     continue
                 backoff = HOST_FAULT_FIRST_BACKOFF_SECONDS
                 wakeups.listen()
+                self._advance_sweeps()
                 try:
                     claim = with_retries(
                         lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds, self.settings.host_name),
@@ -125,6 +126,13 @@ class Supervisor:
                     slot.job_id = None
         finally:
             wakeups.close()
+
+    def _advance_sweeps(self) -> None:
+        """Queue the next trials of running sweeps, so that they go on whichever processes live."""
+        try:
+            sweeps.advance(self.engine, self.settings)
+        except Exception as exc:  # a sweep that cannot advance must not stop this slot from claiming
+            log.warning("could not advance the sweeps: %s", first_line(exc))
 
     def _host_recovered(self, slot: Slot) -> bool:
         """Whether this host can run jobs again: its scratch folder takes a file, its store answers."""

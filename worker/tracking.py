@@ -46,10 +46,12 @@ class Tracker:
 
     @classmethod
     def start(
-        cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter, run_id: str | None = None
+        cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter, run_id: str | None = None,
+        group: str | None = None, sweep_id: int | None = None,
     ) -> "Tracker":
         """A new run, or with `run_id` (a resumed attempt's) the same run continued: online W&B
-        appends to its history, offline starts a new folder under the same id."""
+        appends to its history, offline starts a new folder under the same id. A sweep's trial
+        joins the sweep's `group`, with the sweep's id in its config."""
         mode = resolve_mode(params.wandb_mode)
         if mode == "disabled":
             reporter.report(WandbStarted(mode=mode))
@@ -62,7 +64,8 @@ class Tracker:
             "project": params.wandb_project,
             "entity": params.wandb_entity,
             "name": name,
-            "config": params.model_dump(mode="json"),
+            "config": {**params.model_dump(mode="json"), **({"sweep_id": sweep_id} if sweep_id is not None else {})},
+            "group": group,
             "tags": params.tags or None,
             "dir": str(job_dir),
         }

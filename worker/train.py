@@ -91,6 +91,8 @@ def run(
     data: ImageSet | None = None,
     resume_from: Path | None = None,
     checkpoint_request: CheckpointRequest | None = None,
+    wandb_group: str | None = None,
+    sweep_id: int | None = None,
 ) -> None:
     """Train and evaluate as `params` say, reporting progress, examples, checkpoints and the result
     through `reporter`; model.pth and the checkpoints go to the job's scratch folder. `data`
@@ -122,7 +124,8 @@ def run(
     resumed = load_checkpoint(resume_from, training) if resume_from is not None else None
 
     tracker = Tracker.start(
-        params, name=name, job_dir=files.root, reporter=reporter, run_id=resumed["wandb_run_id"] if resumed else None
+        params, name=name, job_dir=files.root, reporter=reporter, run_id=resumed["wandb_run_id"] if resumed else None,
+        group=wandb_group, sweep_id=sweep_id,
     )
     checkpoints = CheckpointWriter(files.root / "checkpoints", reporter, epochs, batches)
     stopped = False
