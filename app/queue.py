@@ -22,7 +22,7 @@ from sqlmodel import Session, col
 
 from app.db import is_sqlite, session_scope
 from app.models import (
-    ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobExample, JobLog, JobMetric, JobStatus, JobUpdate, Worker,
+    ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobExample, JobLog, JobMetric, JobStatus, JobUpdate, Sweep, Worker,
     as_utc, utcnow,
 )
 from app.settings import Settings
@@ -543,6 +543,9 @@ def delete_job(engine: Engine, job_id: int, settings: Settings) -> None:
             raise JobNotFound(job_id)
         if job.status not in FINISHED_STATUSES:
             raise JobStateConflict(job_id, job.status, "delete")
+        if job.sweep_id is not None and session.scalar(select(Sweep.status).where(Sweep.id == job.sweep_id)) == "running":
+            # Its sweep counts its trials: it would run one more in its place.
+            raise JobStateConflict(job_id, f"a trial of running sweep {job.sweep_id}", "delete")
         session.add(DeletedJob(
             id=job.id, status=job.status, created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at
         ))

@@ -364,7 +364,9 @@ class _Study:
         """Whether the pruner stops this running trial at its latest epoch, and its system attributes after."""
         frozen = self.study.trials[job.trial_number]
         storage = self.study._storage
-        stop = frozen.last_step is not None and self.study.pruner.prune(self.study, frozen)
+        # After its last epoch a trial is done: stopping it would save nothing.
+        judged = frozen.last_step is not None and frozen.last_step < job.params.get("epochs", math.inf)
+        stop = judged and self.study.pruner.prune(self.study, frozen)
         system_attrs = {
             key: value for key, value in storage.get_trial_system_attrs(frozen._trial_id).items() if key != "search_space"
         }
