@@ -355,21 +355,22 @@ class _Study:
         number = len(self.study.trials)
         self.study.sampler = self._sampler(number)
         trial = self.study.ask(fixed_distributions=self.distributions)
-        system_attrs = self.study._storage.get_trial_system_attrs(trial._trial_id)
-        kept = {key: value for key, value in system_attrs.items() if key != "search_space"}
         # The asked trial stays in the study, running, as the job it becomes.
-        return number, trial.params, kept
+        return number, trial.params, self._kept_attrs(number)
+
+    def _kept_attrs(self, number: int) -> dict[str, Any]:
+        """A trial's system attributes (a grid point's id, the rungs it passed) as the job keeps
+        them: without the grid itself, which every trial of the sweep shares."""
+        system_attrs = self.study.trials[number].system_attrs
+        return {key: value for key, value in system_attrs.items() if key != "search_space"}
 
     def prune(self, job: Job) -> tuple[Pruning | None, dict[str, Any]]:
         """Whether the pruner stops this running trial at its latest epoch, and its system attributes after."""
         frozen = self.study.trials[job.trial_number]
-        storage = self.study._storage
         # After its last epoch a trial is done: stopping it would save nothing.
         judged = frozen.last_step is not None and frozen.last_step < job.params.get("epochs", math.inf)
         stop = judged and self.study.pruner.prune(self.study, frozen)
-        system_attrs = {
-            key: value for key, value in storage.get_trial_system_attrs(frozen._trial_id).items() if key != "search_space"
-        }
+        system_attrs = self._kept_attrs(job.trial_number)
         if not stop:
             return None, system_attrs
         epoch = frozen.last_step
