@@ -1,6 +1,7 @@
 """How values read on the pages: ages and durations, parameters as a person types them, metric
 numbers, and a running job's progress with its ETA. Registered as Jinja filters by app/templating.py."""
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -54,6 +55,12 @@ def param_value(value: Any) -> str:
     return str(value)
 
 
+def short_param(value: Any) -> str:
+    """A parameter in a table or a chart's hover text: a float to four significant digits, where
+    a sampled 0.0068240784270988 would be noise."""
+    return f"{value:.4g}" if isinstance(value, float) else param_value(value)
+
+
 def number(value: float | None, pattern: str) -> str:
     """A metric as text; a missing one (a diverged run's NaN is stored as null) as a dash."""
     if value is None:
@@ -67,6 +74,24 @@ def percent(value: float) -> str:
 
 def loss(value: float) -> str:
     return f"{value:.4f}"
+
+
+# The metrics a sweep can optimise, by the names the job page gives them.
+METRIC_LABELS = {"test_accuracy": "Test Accuracy", "test_loss": "Test Loss", "train_loss": "Train loss"}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def metric_format(metric: str) -> Callable[[float], str]:
+    """How a metric's value reads: an accuracy in percent, a loss to four decimals."""
+    return percent if metric.endswith("accuracy") else loss
+
+
+def metric_value(value: float | None, metric: str) -> str:
+    """A metric's value as text, a missing one as a dash."""
+    return "\u2014" if value is None else metric_format(metric)(value)
 
 
 def epoch_phrase(progress: dict[str, Any], status: str, separator: str = " · ") -> str:

@@ -1,6 +1,7 @@
 """HTML pages: the job list (and the fragment of it that updates live), the new-job form, a job's
-page (and its live fragment, its buttons and its edit form), the comparison of jobs, the workers,
-and the API's documentation.
+page (and its live fragment, its buttons and its edit form), the comparison of jobs, the sweeps
+(their list, their form, a sweep's page and its live fragment), the workers, and the API's
+documentation.
 
 Routes only: the reads are app/reads.py's, the form's fields app/forms.py's, the values' wording
 app/formatting.py's and the charts app/charts.py's. Pages at URLs the JSON API shares are
@@ -12,20 +13,25 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import ValidationError
 from sqlalchemy import Engine
+from starlette.datastructures import FormData, UploadFile
 
-from app import charts, forms, queue, reads, users
+from app import charts, forms, queue, reads, sweeps, users
 from app.deps import (
     MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, PageRoute, SettingsDep,
+    SweepId, sweep_document, validated_sweep,
 )
 from app.formatting import loss, param_value, percent, progress_view
 from app.inputs import whole_number
 from app.models import (
-    ACTIVE_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, UserName, utcnow,
+    ACTIVE_STATUSES, FINISHED_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, Sweep,
+    SweepStatus, SweepSummary, UserName, utcnow,
 )
 from app.settings import Settings
+from app.sweepconfig import SweepConfigError, to_yaml
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -230,6 +236,7 @@ def _job_context(
         log = log.split("\n", 1)[1]
     return {
         "job": public,
+        "sweep": sweeps.get(engine, job.sweep_id) if job.sweep_id is not None else None,
         "may_change": users.may_change(user, job),
         "active": job.status in ACTIVE_STATUSES,
         "progress": progress_view(public),
@@ -394,6 +401,187 @@ def compare(request: Request, engine: EngineDep, ids: Annotated[list[str] | None
             "finals": _final_rows(public),
         },
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps: the list, the form, a sweep's page (and the fragment it polls while running), its Cancel
+# ---------------------------------------------------------------------------------------------
+
+# A sweep's page redraws every trial's chart: a slower pace than a job's page suits it.
+SWEEP_LIVE_INTERVAL_MS = 5000
+# Where the form starts: a W&B sweep config to edit.
+EXAMPLE_SWEEP = """\
+name: lr-search
+method: random
+metric:
+  name: test_accuracy
+  goal: maximize
+run_cap: 8
+parallel: 2
+parameters:
+  lr:
+    distribution: log_uniform_values
+    min: 0.001
+    max: 0.1
+  batch_size:
+    values: [64, 128]
+  epochs:
+    value: 5
+early_terminate:
+  type: hyperband
+  min_iter: 1
+  eta: 3
+"""
+
+
+def _trials_done(sweep: SweepSummary) -> int:
+    return sum(sweep.counts.get(state, 0) for state in FINISHED_STATUSES)
+
+
+@shared_router.get("/sweeps", response_class=HTMLResponse)
+def sweeps_index(
+    request: Request,
+    engine: EngineDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> HTMLResponse:
+    """A browser's `GET /sweeps`: the sweeps, newest first, with their progress and best trial."""
+    items, total = sweeps.list_sweeps(engine, limit=limit, offset=offset)
+
+    def link(at: int) -> str:
+        return "/sweeps?" + urlencode({"offset": at, **({"limit": limit} if limit != 50 else {})})
+
+    return templates.TemplateResponse(request, "sweeps.html", {
+        "sweeps": items,
+        "done": _trials_done,
+        "total": total,
+        "offset": offset,
+        "newer": link(max(offset - limit, 0)) if offset > 0 else None,
+        "older": link(offset + limit) if offset + limit < total else None,
+    })
+
+
+def _render_sweep_form(
+    request: Request, config: str, errors: list[dict[str, str | None]], status_code: int = 200,
+    source: Sweep | None = None, missing_source: int | None = None,
+) -> HTMLResponse:
+    context = {"config": config, "errors": errors, "source": source, "missing_source": missing_source}
+    return templates.TemplateResponse(request, "sweep_new.html", context, status_code=status_code)
+
+
+@router.get("/sweeps/new", response_class=HTMLResponse)
+def new_sweep_form(
+    request: Request, engine: EngineDep, source: Annotated[int | None, Query(alias="from", ge=1, le=MAX_JOB_ID)] = None,
+) -> HTMLResponse:
+    """The form, with an example config, or with `?from=ID` that sweep's."""
+    if source is None:
+        return _render_sweep_form(request, EXAMPLE_SWEEP, [])
+    try:
+        original = sweeps.get(engine, source)
+    except sweeps.SweepNotFound:
+        return _render_sweep_form(request, EXAMPLE_SWEEP, [], status.HTTP_404_NOT_FOUND, missing_source=source)
+    # The new sweep gets a name of its own: the name is its trials' W&B group.
+    config = {key: value for key, value in original.config.items() if key != "name"}
+    return _render_sweep_form(request, to_yaml(config), [], source=original)
+
+
+async def _submitted_config(form: FormData) -> tuple[str, str | None]:
+    """The config the form sent: the chosen file's text, or else the text area's; and what is
+    wrong with it before it parses, if anything."""
+    typed = form.get("config")
+    text = typed if isinstance(typed, str) else ""
+    upload = form.get("config_file")
+    if isinstance(upload, UploadFile) and upload.filename:
+        content = await upload.read()
+        if content.strip():
+            try:
+                return content.decode("utf-8"), None
+            except UnicodeDecodeError:
+                return text, f"{upload.filename} is not UTF-8 text; choose the YAML or JSON file of a sweep config."
+    if not text.strip():
+        return text, "The config is empty: write one in the text area, or choose its file."
+    return text, None
+
+
+def _sweep_document(text: str) -> Any:
+    """The form's config parsed: as JSON when it is JSON, else as YAML (where JSON's 1e-3 would be
+    a string)."""
+    try:
+        return sweep_document(text, yaml=False)
+    except SweepConfigError:
+        return sweep_document(text, yaml=True)
+
+
+def _config_errors(errors: list[dict[str, Any]]) -> list[dict[str, str | None]]:
+    """Each problem with the key it is at (`parameters.lr.min`), or none for the whole config."""
+    return [{"key": ".".join(str(part) for part in error["loc"]) or None, "message": error["msg"]} for error in errors]
+
+
+@router.post("/sweeps/new", response_class=HTMLResponse)
+async def submit_sweep_form(request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser):
+    """Start the sweep and show its page; a config that does not hold shows the form again, with
+    what is wrong beside it and the config kept."""
+    async with request.form() as form:
+        text, problem = await _submitted_config(form)
+    if problem is not None:
+        return _render_sweep_form(request, text, [{"key": None, "message": problem}], status.HTTP_422_UNPROCESSABLE_CONTENT)
+    try:
+        checked = validated_sweep(_sweep_document(text), where=())
+    except SweepConfigError as exc:
+        return _render_sweep_form(request, text, _config_errors(exc.errors), status.HTTP_422_UNPROCESSABLE_CONTENT)
+    except RequestValidationError as exc:
+        return _render_sweep_form(request, text, _config_errors(list(exc.errors())), status.HTTP_422_UNPROCESSABLE_CONTENT)
+    sweep = sweeps.create(engine, settings, checked.plan, checked.document, owner=user.name)
+    return RedirectResponse(f"/sweeps/{sweep.id}", status_code=status.HTTP_303_SEE_OTHER)
+
+
+def _sweep_context(engine: Engine, sweep_id: int, user: users.Caller, refusal: str | None = None) -> dict[str, Any]:
+    sweep = sweeps.sweep_view(engine, sweep_id)
+    curves = sweeps.metric_curves(engine, sweep_id)
+    parameters = sweep.config.get("parameters") or {}
+    return {
+        "sweep": sweep,
+        "active": sweep.status == SweepStatus.RUNNING,
+        "may_change": users.may_change(user, sweep),
+        "done": _trials_done(sweep),
+        "best": next((trial for trial in sweep.jobs if trial.id == sweep.best_job_id), None),
+        "swept": list(dict.fromkeys(name for trial in sweep.jobs for name in trial.params)),
+        "metric_chart": charts.sweep_metric_chart(sweep.jobs, curves, sweep.metric),
+        "parameter_charts": charts.parameter_charts(sweep.jobs, parameters, sweep.metric, sweep.best_job_id),
+        "chart_lines": charts.MAX_TRIAL_LINES,
+        "config_yaml": to_yaml(sweep.config),
+        "refusal": refusal,
+        "live_interval": SWEEP_LIVE_INTERVAL_MS,
+    }
+
+
+@shared_router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
+def sweep_page(sweep_id: SweepId, request: Request, engine: EngineDep, user: CurrentUser) -> HTMLResponse:
+    return templates.TemplateResponse(request, "sweep.html", _sweep_context(engine, sweep_id, user))
+
+
+@router.get("/sweeps/{sweep_id}/live", response_class=HTMLResponse)
+def sweep_live_fragment(sweep_id: SweepId, request: Request, engine: EngineDep, user: CurrentUser) -> HTMLResponse:
+    """The parts of a sweep's page that change while it runs; the page's script swaps them in."""
+    try:
+        context = _sweep_context(engine, sweep_id, user)
+    except sweeps.SweepNotFound as exc:
+        return HTMLResponse(f"<p>{exc}</p>", status_code=status.HTTP_404_NOT_FOUND)
+    response = templates.TemplateResponse(request, "sweep_live.html", context)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@shared_router.post("/sweeps/{sweep_id}/cancel", response_class=HTMLResponse)
+def cancel_sweep_button(sweep_id: SweepId, request: Request, engine: EngineDep, user: CurrentUser):
+    """The page's Cancel: the sweep's page again, or with 409 and why for a sweep that has ended."""
+    users.authorize(user, sweeps.get(engine, sweep_id), "cancel")
+    try:
+        sweeps.cancel(engine, sweep_id)
+    except sweeps.SweepStateConflict as exc:
+        context = _sweep_context(engine, sweep_id, user, refusal=str(exc))
+        return templates.TemplateResponse(request, "sweep.html", context, status_code=status.HTTP_409_CONFLICT)
+    return RedirectResponse(f"/sweeps/{sweep_id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
 # ---------------------------------------------------------------------------------------------

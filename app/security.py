@@ -9,7 +9,8 @@ so a new token ends that user's sessions.
 
 CSRF: a browser's unsafe request (it sends Origin or Referer, or it is authorised by the
 session cookie) must come from this origin and carry the double-submit token: the
-`trainboard_csrf` cookie echoed in the form field `csrf_token` or the `X-CSRF-Token` header.
+`trainboard_csrf` cookie echoed in the form field `csrf_token` (of a urlencoded or a multipart
+form) or the `X-CSRF-Token` header.
 Bearer requests are exempt: a cross-site page cannot attach that header.
 """
 
@@ -29,6 +30,7 @@ from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -337,6 +339,15 @@ async def _csrf_ok(request: Request) -> bool:
             # The raw body, not request.form(): the route handler still needs to read the form.
             fields = parse_qs((await request.body()).decode("utf-8", errors="replace"))
             given = (fields.get(CSRF_FIELD) or [None])[0]
+        elif content_type.startswith("multipart/form-data"):
+            # A form with a file (the sweep form's upload). Read whole first, the body is kept for
+            # the route handler, which parses it again.
+            await request.body()
+            try:
+                async with request.form() as fields:
+                    given = fields.get(CSRF_FIELD)
+            except HTTPException:  # a body that is not multipart after all
+                return False
     return isinstance(given, str) and hmac.compare_digest(given.encode(), expected.encode())
 
 

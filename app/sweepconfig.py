@@ -181,6 +181,11 @@ def parse_yaml(text: str) -> Any:
         raise SweepConfigError([_error((), f"the body is not valid YAML{at}: {getattr(exc, 'problem', None) or exc}")])
 
 
+def to_yaml(config: dict[str, Any]) -> str:
+    """A config as YAML for a person to edit, its keys in the order they were given."""
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
 def plan(data: Any) -> SweepPlan:
     """Validate a config (parsed JSON or YAML) into what the sweep runs; SweepConfigError if not."""
     try:

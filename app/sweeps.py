@@ -411,6 +411,15 @@ def sweep_view(engine: Engine, sweep_id: int) -> SweepPublic:
     return SweepPublic(**summary.model_dump(), config=sweep.config, jobs=ordered)
 
 
+def metric_curves(engine: Engine, sweep_id: int) -> dict[int, dict[int, float]]:
+    """Each trial's metric after each epoch, {job id: {epoch: value}}: the sweep page's chart."""
+    with session_scope(engine) as session:
+        sweep = session.get(Sweep, sweep_id)
+        if sweep is None:
+            raise SweepNotFound(sweep_id)
+        return epoch_values(session, _trials(session, sweep.id), sweep.metric)
+
+
 def _summary(session: Session, sweep: Sweep) -> tuple[SweepSummary, list[SweepTrialPublic]]:
     jobs = _trials(session, sweep.id)
     values = epoch_values(session, jobs, sweep.metric)

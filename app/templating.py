@@ -19,4 +19,7 @@ templates.env.filters["age"] = formatting.age
 templates.env.filters["short_age"] = formatting.short_age
 templates.env.filters["duration"] = formatting.duration
 templates.env.filters["param"] = formatting.param_value
+templates.env.filters["short_param"] = formatting.short_param
+templates.env.filters["metric"] = formatting.metric_value
+templates.env.globals["metric_label"] = formatting.metric_label
 templates.env.globals["run_time"] = formatting.run_time

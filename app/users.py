@@ -21,7 +21,7 @@ from sqlmodel import Field as ColumnField
 from sqlmodel import SQLModel, col
 
 from app.db import get_engine, migrate, session_scope
-from app.models import ADMIN_NAME, Job, Sweep, UserName, as_utc, utcnow
+from app.models import ADMIN_NAME, Job, Sweep, SweepSummary, UserName, as_utc, utcnow
 from app.settings import Settings
 
 MIN_TOKEN_LENGTH = 16
@@ -158,7 +158,7 @@ class NotAllowed(PermissionError):
         super().__init__(f"{what} {job_id} belongs to {owner}; only {owner} or an admin can {action} it")
 
 
-def may_change(caller: Caller, job: Job | Sweep) -> bool:
+def may_change(caller: Caller, job: Job | Sweep | SweepSummary) -> bool:
     return caller.is_admin or job.owner == caller.name
 
 

@@ -422,3 +422,83 @@ def test_the_form_groups_its_fields_and_sums_up_the_run_as_values_change(make_st
 
     page.get_by_text("Advanced", exact=True).click()
     expect(advanced.locator("[name=compile]")).to_be_visible()
+
+
+# The sweep page polls every 5 s; an update shows within two polls.
+SWEEP_UPDATE_MS = 12_000
+SWEEP_CONFIG = """\
+name: browser-sweep
+method: random
+metric: {name: test_accuracy, goal: maximize}
+run_cap: 3
+parallel: 2
+seed: 11
+parameters:
+  lr: {distribution: log_uniform_values, min: 0.001, max: 0.1}
+  epochs: {value: 2}
+  dataset: {value: synthetic}
+"""
+
+
+def test_start_a_sweep_from_the_form_follow_its_trials_and_cancel_it(make_stack, page, screenshot):
+    stack = make_stack()
+    stack.serve()
+    engine = get_engine(stack.env["TRAINBOARD_DATABASE_URL"])
+
+    page.goto(stack.base_url + "/")
+    page.get_by_role("link", name="Sweeps").click()
+    page.wait_for_url(re.compile(r"/sweeps$"))
+    expect(page.locator("#no-sweeps")).to_be_visible()
+    page.get_by_role("link", name="New sweep").click()
+    page.wait_for_url(re.compile(r"/sweeps/new$"))
+
+    # A config that does not hold comes back with the offending key named beside it, as typed.
+    config_area = page.get_by_label("Sweep config")
+    config_area.fill(SWEEP_CONFIG.replace("run_cap: 3", "run_cap: 0"))
+    page.get_by_role("button", name="Start sweep").click()
+    expect(page.locator("#config-error-list li")).to_have_text(["run_cap: Input should be greater than or equal to 1"])
+    assert "run_cap: 0" in config_area.input_value()
+    screenshot("sweep-form-errors")
+
+    # A chosen file is used instead of the text area (still the refused config).
+    page.get_by_label("Or a config file").set_input_files(
+        {"name": "sweep.yaml", "mimeType": "application/yaml", "buffer": SWEEP_CONFIG.encode()}
+    )
+    page.get_by_role("button", name="Start sweep").click()
+    page.wait_for_url(re.compile(r"/sweeps/\d+$"))
+    sweep_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("h1")).to_have_text("browser-sweep")
+    expect(page.locator("#status")).to_have_text("running")
+    expect(page.locator("#trial-rows tr .badge")).to_have_text(["queued", "queued"])  # parallel 2
+    page.evaluate("window.notReloaded = true")  # a reload would drop it
+
+    # A trial trains to its end, reported through the queue as a worker does: the page follows.
+    claim = queue.claim(engine, "browser-test", 60)
+    for epoch, accuracy in ((1, 40.0), (2, 55.5)):
+        metrics = {"epoch": epoch, "test_accuracy": accuracy, "test_loss": 1.0, "train_loss": 1.1}
+        queue.record_progress(engine, claim, progress={"epoch": epoch, "epochs": 2}, metrics=metrics, points=[("epoch", epoch, metrics)])
+    queue.finish(engine, claim, "succeeded", metrics=metrics)
+    expect(page.locator(f"#trial-{claim.job_id} .badge")).to_have_text("succeeded", timeout=SWEEP_UPDATE_MS)
+    expect(page.locator("#best-value")).to_have_text("55.50%")
+    expect(page.locator("#sweep-metric-chart circle")).to_have_count(2)
+    expect(page.locator("#param-lr-chart circle.dot.best")).to_have_count(1)
+    assert page.evaluate("window.notReloaded") is True
+    screenshot("sweep")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("cancelled")
+    expect(page.locator("#reason")).to_contain_text("cancelled by request")
+    expect(page.locator("#trial-rows tr .badge")).to_have_text(["succeeded", "cancelled"])
+    expect(page.get_by_role("button", name="Cancel")).to_have_count(0)
+    assert stack.client.get(f"/sweeps/{sweep_id}").json()["counts"] == {"succeeded": 1, "cancelled": 1}
+
+    page.get_by_role("link", name="New sweep from this one").click()
+    page.wait_for_url(re.compile(rf"/sweeps/new\?from={sweep_id}$"))
+    expect(page.locator("#source-note")).to_contain_text("browser-sweep")
+    prefilled = config_area.input_value()
+    assert "method: random" in prefilled and "log_uniform_values" in prefilled and "browser-sweep" not in prefilled
+
+    page.goto(stack.base_url + "/sweeps")
+    expect(page.locator(f"#sweep-{sweep_id} .badge")).to_have_text("cancelled")
+    expect(page.locator(f"#sweep-{sweep_id}")).to_contain_text("55.50%")

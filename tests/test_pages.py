@@ -4,6 +4,8 @@ metrics through the queue functions a worker uses."""
 
 import json
 import re
+import subprocess
+import sys
 from html import unescape
 from html.parser import HTMLParser
 
@@ -627,3 +629,300 @@ def test_offline_run_names_the_trainboard_sync_command(client, engine):
     assert queue.record_synced(engine, 1, url="https://wandb.ai/lab/thorough-pytorch/runs/abc")
     html = page(client, "/jobs/1")
     assert '<a href="https://wandb.ai/lab/thorough-pytorch/runs/abc" rel="noopener">' in html and "trainboard sync" not in html
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+# ---------------------------------------------------------------------------------------------
+
+SWEEP_YAML = """\
+name: lr-search
+method: random
+metric: {name: test_accuracy, goal: maximize}
+run_cap: 4
+parallel: 3
+seed: 7
+parameters:
+  lr: {distribution: log_uniform_values, min: 0.001, max: 0.1}
+  batch_size: {values: [32, 64]}
+  epochs: {value: 3}
+  dataset: {value: synthetic}
+early_terminate: {type: hyperband, min_iter: 1, eta: 3}
+"""
+
+
+GRID_YAML = """\
+name: grid-search
+method: grid
+parameters:
+  batch_size: {values: [32, 64]}
+  dataset: {value: synthetic}
+"""
+
+
+def start_sweep(client: TestClient, config: str = SWEEP_YAML) -> dict:
+    response = client.post("/sweeps", content=config, headers={"Content-Type": "application/yaml"})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def run_trial(engine, accuracies: list[float], ending: str | None = None, epochs: int = 3) -> int:
+    """Claim the next queued trial and report one epoch per accuracy as a worker does; then end it
+    `succeeded`, or `pruned` at its last epoch, or leave it running. Its job's id."""
+    claim = queue.claim(engine, "test-worker", 60)
+    assert claim is not None and claim.sweep_id is not None
+    for epoch, accuracy in enumerate(accuracies, 1):
+        metrics = {
+            "epoch": epoch, "test_accuracy": accuracy, "test_loss": 1.0, "train_loss": 1.1,
+            "train_images_per_second": 900.0, "epoch_seconds": 30.0,
+        }
+        assert queue.record_progress(
+            engine, claim, progress={"epoch": epoch, "epochs": epochs, "batch": 10, "batches": 10},
+            metrics=metrics, points=[("epoch", epoch, metrics)],
+        )
+    if ending == "succeeded":
+        queue.finish(engine, claim, "succeeded", metrics=metrics)
+    elif ending == "pruned":
+        epoch = len(accuracies)
+        message = f"pruned by hyperband at epoch {epoch} (rung 0, eta 3): test_accuracy {accuracies[-1]:.4g} was not in the best 1/3"
+        pruned = {"rule": "hyperband", "epoch": epoch, "rung": 0, "value": accuracies[-1], "message": message}
+        queue.finish(engine, claim, "pruned", metrics=metrics, pruned=pruned)
+    return claim.job_id
+
+
+def form_config(html: str) -> str:
+    return unescape(re.search(r'<textarea id="config" name="config"[^>]*>(.*?)</textarea>', html, re.S).group(1))
+
+
+def trial_rows(html: str) -> list[str]:
+    """The trials table's rows, in order, as their text."""
+    body = re.search(r'<tbody id="trial-rows">(.*?)</tbody>', html, re.S).group(1)
+    return [" ".join(unescape(re.sub(r"<[^>]+>", " ", row)).split()) for row in re.findall(r"<tr .*?</tr>", body, re.S)]
+
+
+def test_the_sweep_list_shows_progress_the_best_so_far_and_status(client, engine):
+    empty = page(client, "/sweeps")
+    assert 'id="no-sweeps"' in empty and 'href="/sweeps/new"' in empty
+    assert '<a href="/sweeps" aria-current="page">Sweeps</a>' in empty
+
+    first = start_sweep(client)
+    second = start_sweep(client, GRID_YAML)
+    best = run_trial(engine, [40.0, 50.0, 61.25], "succeeded")
+    run_trial(engine, [30.0], "pruned")
+    client.post(f"/sweeps/{second['id']}/cancel")
+
+    html = page(client, "/sweeps")
+    rows = re.findall(r'<tr id="sweep-(\d+)">(.*?)</tr>', html, re.S)
+    assert [int(sweep_id) for sweep_id, _ in rows] == [second["id"], first["id"]]  # newest first
+    newest, oldest = (" ".join(unescape(re.sub(r"<[^>]+>", " ", row)).split()) for _, row in rows)
+    assert newest.startswith(f"{second['id']} cancelled grid-search grid Test Accuracy (maximize)")
+    assert "2/2 trials none yet" in newest  # a grid over batch_size: two points, both cancelled
+    assert oldest.startswith(f"{first['id']} running lr-search random Test Accuracy (maximize)")
+    assert "2/4 trials 61.25%" in oldest
+    assert f'<a href="/jobs/{best}" title="job #{best}">61.25%</a>' in html
+    assert '<progress max="4" value="2"' in html
+
+
+def test_the_form_starts_the_sweep_it_shows_and_its_page_lists_the_trials(client):
+    html = page(client, "/sweeps/new")
+    assert 'enctype="multipart/form-data"' in html and 'name="csrf_token"' in html
+    assert 'name="config_file"' in html and 'type="file"' in html
+    example = form_config(html)
+    assert example.startswith("name: lr-search\nmethod: random\n")
+
+    response = client.post("/sweeps/new", data={"config": example}, headers=HTML, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/sweeps/1"
+    sweep = client.get("/sweeps/1").json()
+    assert sweep["name"] == "lr-search" and sweep["trials"] == 2  # parallel 2 of run_cap 8
+
+    html = page(client, "/sweeps/1")
+    assert '<span class="badge running" id="status">running</span>' in html
+    assert 'data-live-src="/sweeps/1/live"' in html and 'data-live-subject="Sweep"' in html
+    assert 'action="/sweeps/1/cancel"' in html and 'href="/sweeps/new?from=1"' in html
+    assert '<span id="progress-text">0/8 trials done · 2 queued</span>' in html
+    rows = trial_rows(html)
+    assert [row.split()[:2] for row in rows] == [["trial", "0"], ["trial", "1"]]
+    assert all("queued" in row for row in rows)
+    assert "None yet: no trial has finished" in html
+    assert '<p class="muted chart-empty" id="sweep-metric-chart">No points yet.</p>' in html
+
+
+@pytest.mark.parametrize(
+    ("config", "keys", "message"),
+    [
+        ("method: grid\nparameters:\n  foo: {values: [1]}\n  lr: {min: 0.1, max: 0.2}\n",
+         ["parameters.foo", "parameters.lr"], "grid needs values (or an int_uniform range), not a uniform distribution"),
+        ("method: random\nparameters:\n  lr: {min: 0.1, max: 0.2}\n", ["run_cap"], "a random sweep needs run_cap (1 to 1000)"),
+        ("method: bayes\nrun_cap: 3\nmetric: {name: accuracy}\nparameters:\n  lr: {min: 0.1, max: 0.2}\n",
+         ["metric.name"], "`accuracy` is not a job metric"),
+        ("method: random\nrun_cap: 2\nparameters:\n  epochs: {min: 0, max: 3}\n", ["parameters.epochs.min"], "greater than or equal to 1"),
+        ("method: random\nparameters: [\n", [None], "not valid YAML at line 3 column 1"),
+        ('{"method": "random", "run_cap": 2, "parameters": {"momentum": {"values": [0.5, 1.5]}}}',
+         ["parameters.momentum.values.1"], "less than 1"),
+        ("   \n", [None], "The config is empty"),
+    ],
+)
+def test_a_config_that_does_not_hold_is_shown_again_with_each_offending_key(client, config, keys, message):
+    response = client.post("/sweeps/new", data={"config": config}, headers=HTML)
+    assert response.status_code == 422
+    html = response.text
+    assert "The sweep was not started." in html and 'aria-invalid="true"' in html
+    errors = re.findall(r"<li>(?:<code class=\"error-key\">(.*?)</code>: )?(.*?)</li>", html)
+    assert [key or None for key, _ in errors] == keys
+    assert message in unescape(" ".join(text for _, text in errors))
+    assert form_config(html) == config  # kept as typed, to fix
+    assert client.get("/sweeps").json()["total"] == 0
+
+
+def test_a_chosen_config_file_is_used_instead_of_the_text_area(client):
+    upload = ("sweep.json", b'{"name": "from-a-file", "method": "random", "run_cap": 2, "parameters": {"lr": {"min": 1e-3, "max": 1e-1}}}')
+    response = client.post(
+        "/sweeps/new", data={"config": "not: [a config"}, files={"config_file": upload}, headers=HTML, follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert client.get(response.headers["location"]).json()["name"] == "from-a-file"
+
+    # An empty file leaves the text area's config in charge; a binary one is refused by its name.
+    empty = client.post("/sweeps/new", data={"config": SWEEP_YAML}, files={"config_file": ("none.yaml", b"")}, follow_redirects=False)
+    assert empty.status_code == 303
+    binary = client.post("/sweeps/new", data={"config": ""}, files={"config_file": ("weights.bin", b"\xff\xfe\x00")}, headers=HTML)
+    assert binary.status_code == 422 and "weights.bin is not UTF-8 text" in binary.text
+    assert client.get("/sweeps").json()["total"] == 2
+
+
+def test_the_sweep_page_ranks_trials_by_the_metric_and_charts_each(client, engine):
+    sweep = start_sweep(client)
+    second_best = run_trial(engine, [40.0, 50.0, 55.0], "succeeded")
+    pruned = run_trial(engine, [20.0], "pruned")
+    running = run_trial(engine, [30.0, 35.0])
+    html = page(client, f"/sweeps/{sweep['id']}")
+    jobs = {trial["id"]: trial for trial in client.get(f"/sweeps/{sweep['id']}").json()["jobs"]}
+
+    rows = trial_rows(html)
+    assert [row.split()[1] for row in rows] == [str(jobs[job_id]["trial_number"]) for job_id in (second_best, pruned, running)]
+    assert "succeeded 55.00% ★ best 3" in rows[0]
+    assert "pruned at epoch 1 20.00% 1" in rows[1]
+    assert "running 2" in rows[2]
+    lr = jobs[second_best]["params"]["lr"]
+    assert f'<td title="{lr}">{lr:.4g}</td>' in html  # short in the table, whole on hover
+    assert f'<tr id="trial-{second_best}" class="best">' in html
+    assert 'class="swatch series-1 pruned"' in html
+
+    best_section = re.search(r'<section id="best-section".*?</section>', html, re.S).group(0)
+    assert f'<a href="/jobs/{second_best}">trial {jobs[second_best]["trial_number"]} (job #{second_best})</a>' in best_section
+    assert '<strong id="best-value">55.00%</strong>' in best_section
+    assert f"<dt>lr</dt><dd>{lr}</dd>" in best_section and "<dt>batch_size</dt>" in best_section
+
+    # One line per trial, best first; the pruned one dashed and cut short at its epoch.
+    assert re.findall(r'<g class="(series [^"]*)">', html) == ["series series-0", "series series-1 pruned", "series series-2"]
+    pruned_label = f"trial {jobs[pruned]['trial_number']} (pruned at epoch 1)"
+    assert chart_titles(html, "sweep-metric-chart") == [
+        *(f"trial {jobs[second_best]['trial_number']}, epoch {e}: {v}" for e, v in ((1, "40.00%"), (2, "50.00%"), (3, "55.00%"))),
+        f"{pruned_label}, epoch 1: 20.00%",
+        *(f"trial {jobs[running]['trial_number']}, epoch {e}: {v}" for e, v in ((1, "30.00%"), (2, "35.00%"))),
+    ]
+    # Each swept parameter against the metric: the scored trials, the best and the pruned marked.
+    lr_chart = re.search(r'<svg class="chart" id="param-lr-chart".*?</svg>', html, re.S).group(0)
+    dots = re.findall(r'<circle class="(dot[^"]*)"[^>]*><title>(.*?)</title>', lr_chart)
+    assert sorted(dots) == sorted([
+        ("dot best", f"trial {jobs[second_best]['trial_number']}: lr {lr:.4g}, test_accuracy 55.00%"),
+        ("dot pruned", f"{pruned_label}: lr {jobs[pruned]['params']['lr']:.4g}, test_accuracy 20.00%"),
+    ])
+    assert ">lr (log scale)</text>" in lr_chart and ">0.01</text>" in lr_chart
+    batch_chart = re.search(r'<svg class="chart" id="param-batch_size-chart".*?</svg>', html, re.S).group(0)
+    assert len(re.findall("<circle", batch_chart)) == 2
+
+
+def test_the_sweep_page_follows_a_running_sweep_from_its_fragment(client, engine):
+    sweep = start_sweep(client)
+    fragment = client.get(f"/sweeps/{sweep['id']}/live")
+    assert fragment.status_code == 200 and fragment.headers["cache-control"] == "no-store"
+    assert "<html" not in fragment.text
+    top_level_ids = fragment_ids(fragment.text)
+    assert top_level_ids == ["live-state", "sweep-header", "problems", "summary", "best-section", "sweep-charts", "trials-section"]
+    full = page(client, f"/sweeps/{sweep['id']}")
+    for element_id in top_level_ids:
+        assert f'id="{element_id}"' in full
+    assert 'data-active="true" data-title="lr-search (running) · trainboard"' in fragment.text
+
+    job_id = run_trial(engine, [45.0, 47.5, 52.5], "succeeded")
+    updated = client.get(f"/sweeps/{sweep['id']}/live").text
+    assert f'<strong id="best-value">52.50%</strong>' in updated and f'<tr id="trial-{job_id}" class="best">' in updated
+
+    client.post(f"/sweeps/{sweep['id']}/cancel")
+    ended = client.get(f"/sweeps/{sweep['id']}/live").text
+    assert 'data-active="false"' in ended and 'class="badge cancelled" id="status"' in ended
+    assert "<strong>Cancelled:</strong> cancelled by request" in ended
+    assert "data-live-src" not in page(client, f"/sweeps/{sweep['id']}")
+    assert client.get("/sweeps/99/live").status_code == 404
+    assert client.get("/sweeps/99", headers=HTML).status_code == 404
+
+
+def test_cancel_on_the_sweep_page_ends_its_trials_and_a_second_is_refused_with_409(client):
+    sweep = start_sweep(client)
+    response = client.post(f"/sweeps/{sweep['id']}/cancel", headers=HTML, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == f"/sweeps/{sweep['id']}"
+    after = client.get(f"/sweeps/{sweep['id']}").json()
+    assert after["status"] == "cancelled" and after["counts"] == {"cancelled": 3}
+
+    html = page(client, f"/sweeps/{sweep['id']}")
+    assert 'action="/sweeps/1/cancel"' not in html and 'href="/sweeps/new?from=1"' in html
+    again = client.post(f"/sweeps/{sweep['id']}/cancel", headers=HTML)
+    assert again.status_code == 409 and again.headers["content-type"].startswith("text/html")
+    assert f"<strong>Not done:</strong> sweep {sweep['id']} is cancelled; cannot cancel it." in again.text
+    assert client.post("/sweeps/99/cancel", headers=HTML).status_code == 404
+
+
+def test_new_sweep_from_this_one_opens_the_form_with_its_config_less_its_name(client):
+    sweep = start_sweep(client)
+    html = page(client, f"/sweeps/new?from={sweep['id']}")
+    assert f'From <a href="/sweeps/{sweep["id"]}">sweep #{sweep["id"]} lr-search</a>' in html
+    config = form_config(html)
+    assert "name:" not in config.replace("  name: test_accuracy", "")  # the metric keeps its name
+    assert "log_uniform_values" in config and "seed: 7" in config
+
+    response = client.post("/sweeps/new", data={"config": config}, follow_redirects=False)
+    assert response.status_code == 303
+    copy = client.get(response.headers["location"]).json()
+    assert copy["name"] == f"sweep-{copy['id']}"
+    assert {key: value for key, value in copy["config"].items()} == {k: v for k, v in sweep["config"].items() if k != "name"}
+    assert "There is no sweep #42 to start from" in page(client, "/sweeps/new?from=42", 404)
+
+
+def test_a_trial_page_links_its_sweep_and_a_pruned_one_says_why(client, engine):
+    sweep = start_sweep(client)
+    run_trial(engine, [40.0, 45.0, 50.0], "succeeded")
+    pruned = run_trial(engine, [20.0], "pruned")
+    trial_number = client.get(f"/jobs/{pruned}").json()["trial_number"]
+
+    html = page(client, f"/jobs/{pruned}")
+    assert f'<dd id="sweep">trial {trial_number} of sweep <a href="/sweeps/{sweep["id"]}">lr-search</a></dd>' in html
+    assert '<span class="badge pruned" id="status">pruned</span>' in html
+    assert "<strong>Pruned:</strong> pruned by hyperband at epoch 1 (rung 0, eta 3)" in html
+    assert 'id="error"' not in html  # pruned is not failed
+
+    listing = page(client, "/")
+    assert f'<tr id="job-{pruned}">' in listing and '<span class="badge pruned">pruned</span>' in listing
+    assert 'pruned <span class="count">1</span>' in listing
+    assert 'id="sweep"' not in page(client, "/jobs/new")
+
+
+def test_the_sweep_pages_never_import_torch(tmp_path):
+    """The web process stays light: serving every sweep page (and starting a sweep, which asks
+    Optuna for trials) imports no torch."""
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+from app.settings import Settings
+settings = Settings(database_url="sqlite:///{tmp_path / 'light.db'}", artifacts_dir="{tmp_path / 'artifacts'}", _env_file=None)
+html = {{"Accept": "text/html"}}
+with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+    assert client.post("/sweeps/new", data={{"config": {SWEEP_YAML!r}}}, follow_redirects=False).status_code == 303
+    for path in ("/sweeps", "/sweeps/new", "/sweeps/new?from=1", "/sweeps/1", "/sweeps/1/live", "/jobs/1"):
+        assert client.get(path, headers=html).status_code == 200, path
+assert "optuna" in sys.modules, "the sweep was not asked for trials"
+assert "torch" not in sys.modules, "the web process imported torch"
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

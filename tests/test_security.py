@@ -121,6 +121,23 @@ def test_forms_need_the_csrf_token(client):
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
 
+def test_a_form_with_a_file_needs_the_csrf_token_too(client):
+    csrf = login(client)
+    origin = {**HTML, "Origin": str(client.base_url)}
+    config = {"config_file": ("sweep.yaml", b"method: random\nrun_cap: 1\nparameters:\n  lr: {min: 0.001, max: 0.1}\n")}
+    assert client.post("/sweeps/new", files=config, headers=origin).status_code == 403
+    wrong = client.post("/sweeps/new", data={"csrf_token": "x" * 43}, files=config, headers=origin)
+    assert wrong.status_code == 403
+    # Not multipart after all, though it says so: refused, not a server error.
+    broken = client.post(
+        "/sweeps/new", content=b"csrf_token=" + csrf.encode(), headers={**origin, "Content-Type": "multipart/form-data"},
+    )
+    assert broken.status_code == 403
+    assert client.get("/sweeps", headers=BEARER).json()["total"] == 0
+    good = client.post("/sweeps/new", data={"csrf_token": csrf}, files=config, headers=origin, follow_redirects=False)
+    assert good.status_code == 303 and good.headers["location"] == "/sweeps/1"
+
+
 def test_cross_site_posts_are_refused(client):
     csrf = login(client)
     evil = {"Origin": "https://evil.example"}

@@ -1,6 +1,6 @@
-// trainboard's only script: every page works without it; it adds live updates of a job's page and
-// of the list, copy buttons, a confirmation before cancelling, the compare selection count, and
-// the new-job form's summary line.
+// trainboard's only script: every page works without it; it adds live updates of a job's page, a
+// sweep's page and the list, copy buttons, a confirmation before cancelling, the compare selection
+// count, and the new-job form's summary line.
 // Served from /static (no inline scripts), so a Content-Security-Policy of script-src 'self' holds.
 "use strict";
 
@@ -127,7 +127,7 @@ function followLive(container) {
       swapChanged(container, await response.text());
       const after = document.getElementById("status")?.textContent;
       if (after && after !== before) {
-        announcer.textContent = `Job ${after}.`;
+        announcer.textContent = `${container.dataset.liveSubject || "Job"} ${after}.`;
       }
       failures = 0;
       notice.textContent = "";
