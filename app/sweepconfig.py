@@ -7,6 +7,7 @@ names a field. Nothing here imports Optuna at module level, so the app validates
 """
 
 import math
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,13 +169,25 @@ class SweepPlan:
         return {**self.fixed, **{d.name: d.decode(sampled[d.name]) for d in self.dimensions}}
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e-4` is a float (YAML 1.1, and
+    so PyYAML, would read it as text; W&B configs write learning rates that way)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def parse_yaml(text: str) -> Any:
     """YAML to plain data, refusing anchors and aliases: an alias bomb would expand to gigabytes."""
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_Loader):
             if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
                 raise SweepConfigError([_error((), "YAML anchors and aliases (& and *) are not accepted")])
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1} column {where.column + 1}" if where else ""

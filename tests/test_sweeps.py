@@ -34,7 +34,7 @@ metric:
 parameters:
   lr:
     distribution: log_uniform_values
-    min: 0.0001
+    min: 1e-4
     max: 0.1
   batch_size:
     values: [32, 64]
@@ -125,6 +125,7 @@ def test_a_yaml_sweep_queues_parallel_trials_that_are_ordinary_jobs(db_client):
         "lr-search", "random", "test_accuracy", "maximize", 5,
     )
     assert sweep["counts"] == {"queued": 2} and sweep["config"]["parameters"]["batch_size"] == {"values": [32, 64]}
+    assert sweep["config"]["parameters"]["lr"]["min"] == 0.0001  # 1e-4 is a number, as in YAML 1.2
     listed = db_client.get("/jobs", params={"sweep_id": sweep["id"]}).json()
     assert listed["total"] == 2
     for job in listed["items"]:
