@@ -7,13 +7,17 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.store import ArtifactStore
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 log = logging.getLogger("trainboard.settings")
+
+# A training process needs about 0.9 GiB of private memory before its first batch (torch, its
+# CUDA libraries' data, W&B); below this a memory ceiling would fail every job, however small.
+MIN_JOB_MEMORY = ByteSize(1536 * 1024**2)
 
 
 class Settings(BaseSettings):
@@ -44,6 +48,11 @@ class Settings(BaseSettings):
         default=2 * 1024 * 1024, ge=4096, le=1024**3,
         description="Per job attempt, the most bytes of training output kept in the database (the last ones)",
     )
+    job_memory: ByteSize | None = Field(
+        default=None,
+        description="The memory ceiling of each training process that trains on the CPU, e.g. 3GiB or 4G "
+        "(default: 80% of the host's memory shared among the worker's slots); at least 1.5GiB",
+    )
     cifar_verify: bool = Field(default=True, description="Verify CIFAR-10 checksums")
     wandb_mode: WandbMode = Field(
         default="auto", description="auto: online when a W&B API key is configured, else offline"
@@ -67,6 +76,16 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(
         default=30.0, gt=0, le=3600, description="A request's body must arrive within this of its headers (408 past it)"
     )
+
+    @field_validator("job_memory")
+    @classmethod
+    def job_memory_fits_a_training(cls, value: ByteSize | None) -> ByteSize | None:
+        if value is not None and value < MIN_JOB_MEMORY:
+            raise ValueError(
+                f"TRAINBOARD_JOB_MEMORY ({value.human_readable()}) is below the {MIN_JOB_MEMORY.human_readable()} "
+                "a training process needs before its first batch"
+            )
+        return value
 
     @model_validator(mode="after")
     def lease_outlives_heartbeats(self) -> "Settings":

@@ -241,6 +241,22 @@ def test_test_loss_is_averaged_per_sample_over_uneven_batches():
     assert examples[0][1].startswith("Pred:") and " Truth:" in examples[0][1]
 
 
+def test_a_test_batch_over_the_evaluation_chunk_is_evaluated_a_chunk_at_a_time_with_the_same_results(monkeypatch):
+    data = synthetic(16, 50)
+    params = JobCreate(pretrained=False, use_cuda=False)
+    training = train.Training(build_model("resnet18", pretrained=False), params, torch.device("cpu"), steps=1)
+    whole = train.evaluate(training, data, batch_size=24, tta="flip")  # test batches of 24, 24, 2
+
+    seen = []
+    training.model.register_forward_pre_hook(lambda _module, inputs: seen.append(len(inputs[0])))
+    monkeypatch.setattr(train, "EVALUATION_CHUNK", 10)
+    accuracy, loss, examples = train.evaluate(training, data, batch_size=24, tta="flip")
+    assert seen == [10, 10, 10, 10, 4, 4, 10, 10, 10, 10, 4, 4, 2, 2]  # each chunk, then its mirror
+    assert accuracy == whole[0] and loss == pytest.approx(whole[1], rel=1e-6)
+    assert [caption for _, caption in examples] == [caption for _, caption in whole[2]]  # a test batch's first image
+    assert all((image == before).all() for (image, _), (before, _) in zip(examples, whole[2]))
+
+
 def test_precision_auto_is_fp32_on_the_cpu():
     cpu = torch.device("cpu")
     assert train.resolve_precision("auto", cpu) is torch.float32

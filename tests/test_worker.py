@@ -221,6 +221,27 @@ def test_a_child_that_dies_without_a_result_fails_its_job_with_the_signal_and_it
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_over_its_memory_ceiling_fails_in_one_line_and_the_worker_goes_on_to_the_next(
+    database_url: str, engine: Engine, make_stack
+):
+    stack = make_stack(database_url=database_url, TRAINBOARD_JOB_MEMORY="1536MiB", **FAST_LEASES)
+    # resnet18_cifar takes about 5.4 MiB a training image on the CPU: 2.7 GiB for this batch.
+    hungry = submit(engine, model="resnet18_cifar", batch_size=512, train_subset=512, epochs=1, use_cuda=False)
+    after = submit(engine, epochs=1)
+    worker = stack.worker()
+
+    failed = wait_finished(engine, hungry.id, stack)
+    assert (failed.status, failed.attempts) == ("failed", 1)
+    assert failed.error == (
+        "out of memory at batch_size 512 on cpu (the memory ceiling per training process is 1.5GiB, "
+        "TRAINBOARD_JOB_MEMORY): lower batch_size"
+    )
+    done = wait_finished(engine, after.id, stack)
+    assert done.status == "succeeded", done.error
+    assert worker.poll() is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_training_child_gets_only_the_environment_it_needs(
     database_url: str, engine: Engine, make_stack, tmp_path: Path
 ):

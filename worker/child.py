@@ -3,6 +3,7 @@
 It reads its job (a ChildSpec, worker/protocol.py) from stdin, reports over the pipe named by
 TRAINBOARD_REPORT_FD, writes its output to the job's log (its stdout and stderr), and dies with
 its worker. SIGTERM stops it at once; CHECKPOINT_SIGNAL after a checkpoint, with exit code 0.
+Training on the CPU, it keeps under the memory ceiling its spec names (worker/memory.py).
 """
 
 import os
@@ -35,11 +36,13 @@ def main() -> int:
     spec = ChildSpec.model_validate_json(sys.stdin.buffer.read())
     reporter = PipeReporter.from_environment()
 
-    from worker import train
+    from worker import memory, train
     from worker.data import DataError
     from worker.nets import WeightsError
     from worker.train import DiskFull
 
+    device = train.training_device(spec.params)
+    memory.limit(spec.memory_ceiling, device.type)
     try:
         train.run(
             spec.params,
@@ -53,13 +56,14 @@ def main() -> int:
             wandb_group=spec.wandb_group,
             sweep_id=spec.sweep_id,
         )
-    except (DataError, WeightsError, DiskFull) as exc:
+    except (DataError, WeightsError, DiskFull, memory.OutOfMemory) as exc:
         traceback.print_exc()
         reporter.report(Failure(reason=str(exc)))
         return 1
     except Exception as exc:
         traceback.print_exc()
-        reporter.report(Failure(reason=one_line(exc)))
+        out_of_memory = memory.is_out_of_memory(exc)
+        reporter.report(Failure(reason=memory.out_of_memory_reason(str(device)) if out_of_memory else one_line(exc)))
         return 1
     finally:
         sys.stdout.flush()

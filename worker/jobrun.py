@@ -116,6 +116,7 @@ class ChildProcess:
             resume_from=resume_from,
             wandb_group=claim.wandb_group,
             sweep_id=claim.sweep_id,
+            memory_ceiling=slot.memory_ceiling,
         )
         env = wandb_environment(child_environment(os.environ), spec.params.wandb_mode)
         env.setdefault("TORCH_HOME", str((settings.data_dir / "torch").resolve()))

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ByteSize
 from sqlalchemy import Engine
 
 from app import queue, sweeps
 from app.models import Worker
 from app.settings import Settings
+from worker import memory
 from worker.gpus import Nvml
 from app.store import StoreError
 from worker.jobrun import HostFault, JobRun
@@ -36,6 +38,7 @@ class Slot:
     gpu_name: str | None = None
     job_id: int | None = None
     problem: str | None = None  # why it does not claim now (a host fault), shown on /workers
+    memory_ceiling: int | None = None  # of its training process, when that trains on the CPU (worker/memory.py)
 
     @property
     def cuda_visible_devices(self) -> str:
@@ -59,6 +62,8 @@ class Supervisor:
         self.nvml = nvml
         self.worker_id = f"{settings.host_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
+        for slot in slots:
+            slot.memory_ceiling = memory.slot_ceiling(settings.job_memory, len(slots))
 
     # ---- Lifecycle ------------------------------------------------------------------------------
 
@@ -67,8 +72,9 @@ class Supervisor:
             id=self.worker_id, host=self.settings.host_name, pid=os.getpid(), store=self.settings.store.public_url,
             slots=[s.public(self.nvml) for s in self.slots],
         ))
-        log.info("worker %s started with %d slot(s): %s", self.worker_id, len(self.slots),
-                 ", ".join(s.device for s in self.slots))
+        log.info("worker %s started with %d slot(s): %s; a training on the CPU may use %s (TRAINBOARD_JOB_MEMORY)",
+                 self.worker_id, len(self.slots), ", ".join(s.device for s in self.slots),
+                 ByteSize(self.slots[0].memory_ceiling).human_readable())
         threads = [threading.Thread(target=self._slot_loop, args=(slot,), name=f"slot-{slot.index}") for slot in self.slots]
         for thread in threads:
             thread.start()

@@ -54,6 +54,7 @@ from PIL import Image
 
 from app.models import JobCreate
 from app.settings import JobFiles
+from worker import memory
 from worker.data import ImageSet, load
 from worker.nets import build_model, skip_padding_taps
 from worker.protocol import CheckpointSaved, Example, Examples, Progress, Result
@@ -61,6 +62,9 @@ from worker.reporter import CheckpointRequest, Reporter
 from worker.tracking import Tracker
 
 MAX_EXAMPLES = 64
+# The most test images evaluated at once, whatever test_batch_size says: evaluation memory grows
+# with it (about 1.3 MiB an image for resnet18_cifar on the CPU) and the results do not.
+EVALUATION_CHUNK = 1000
 CROP_PADDING = 4
 CUTOUT_SIZE = 8
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,6 +74,10 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     numpy.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def training_device(params: JobCreate) -> torch.device:
+    return torch.device("cuda:0" if params.use_cuda and torch.cuda.is_available() else "cpu")
 
 
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
@@ -98,12 +106,12 @@ def run(
     through `reporter`; model.pth and the checkpoints go to the job's scratch folder. `data`
     replaces the job's dataset (benchmarks bring their own images); subsets still apply.
     `resume_from` is a checkpoint to continue from. Once `checkpoint_request` is asked, it
-    checkpoints where it is and returns without a result."""
+    checkpoints where it is and returns without a result. Running out of memory raises
+    memory.OutOfMemory naming the batch size to lower."""
     request = checkpoint_request or CheckpointRequest()
     # ---- Setup ---------------------------------------------------------------------------------
     set_seed(params.seed)
-    use_cuda = params.use_cuda and torch.cuda.is_available()
-    device = torch.device("cuda:0" if use_cuda else "cpu")
+    device = training_device(params)
     # The tutorial asks cuDNN for deterministic algorithms; without that, let cuDNN time its
     # algorithms on the first batches and keep the fastest.
     torch.backends.cudnn.deterministic = params.deterministic
@@ -144,7 +152,9 @@ def run(
             state = interrupted_epoch or EpochState.start(len(data.train_labels), device)
             interrupted_epoch = None
             trained_images = state.order[state.batch * params.batch_size:].numel()  # fewer in a resumed epoch
-            stopped = not train_epoch(training, data, params, epoch, batches, state, tracker, reporter, request)
+            stopped = not memory.naming_batch_size("batch_size", params.batch_size, str(device), lambda: train_epoch(
+                training, data, params, epoch, batches, state, tracker, reporter, request
+            ))
             if stopped:
                 checkpoints.write(training, epoch - 1, state, metrics, tracker.run_id, background=False)
                 break
@@ -154,7 +164,10 @@ def run(
             train_seconds = time.perf_counter() - started
 
             # ---- Evaluate ----------------------------------------------------------------------
-            accuracy, test_loss, examples = evaluate(training, data, params.test_batch_size, params.tta)
+            accuracy, test_loss, examples = memory.naming_batch_size(
+                "test_batch_size", min(params.test_batch_size, EVALUATION_CHUNK), str(device),
+                lambda: evaluate(training, data, params.test_batch_size, params.tta),
+            )
             tracker.log_epoch(epoch, accuracy, test_loss, examples)
             reporter.report(encode_examples(epoch, examples))
             metrics = {
@@ -396,25 +409,30 @@ def evaluate(
     training: Training, data: ImageSet, batch_size: int, tta: str
 ) -> tuple[float, float, list[tuple[numpy.ndarray, str]]]:
     """Accuracy in percent, unsmoothed cross-entropy averaged per sample, and the first image of
-    each test batch. With flip TTA the logits of each image and its mirror are averaged."""
+    each test batch. With flip TTA the logits of each image and its mirror are averaged. A test
+    batch larger than EVALUATION_CHUNK is evaluated a chunk at a time: in eval mode each image's
+    logits do not depend on the others in its batch."""
     model = training.model
     model.eval()
     total_loss = torch.zeros((), device=data.test_labels.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.test_labels.device)
     firsts = []
-    for start in range(0, len(data.test_labels), batch_size):
-        images, labels = data.test_images[start:start + batch_size], data.test_labels[start:start + batch_size]
-        inputs = to_inputs(images, training.layout)
-        with training.autocast():
-            logits = model(inputs).float()
-            if tta == "flip":
-                logits = (logits + model(inputs.flip(3)).float()) / 2
-        total_loss += F.cross_entropy(logits, labels, reduction="sum")
-        predicted = logits.argmax(dim=1)
-        correct += (predicted == labels).sum()
-        if len(firsts) < MAX_EXAMPLES:
-            firsts.append((images[0], predicted[0], labels[0]))
     count = len(data.test_labels)
+    for batch_start in range(0, count, batch_size):
+        batch_end = min(batch_start + batch_size, count)
+        for start in range(batch_start, batch_end, EVALUATION_CHUNK):
+            end = min(start + EVALUATION_CHUNK, batch_end)
+            images, labels = data.test_images[start:end], data.test_labels[start:end]
+            inputs = to_inputs(images, training.layout)
+            with training.autocast():
+                logits = model(inputs).float()
+                if tta == "flip":
+                    logits = (logits + model(inputs.flip(3)).float()) / 2
+            total_loss += F.cross_entropy(logits, labels, reduction="sum")
+            predicted = logits.argmax(dim=1)
+            correct += (predicted == labels).sum()
+            if start == batch_start and len(firsts) < MAX_EXAMPLES:
+                firsts.append((images[0], predicted[0], labels[0]))
     examples = [
         (image.permute(1, 2, 0).cpu().numpy(), f"Pred:{data.classes[int(pred)]} Truth:{data.classes[int(truth)]}")
         for image, pred, truth in firsts
