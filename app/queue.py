@@ -277,20 +277,86 @@ def record_progress(
     progress: dict[str, Any],
     metrics: dict[str, Any] | None = None,
     points: list[tuple[str, int, dict[str, Any]]] = (),
+    max_points: int | None = None,
 ) -> bool:
-    """Store progress (and the latest metrics), plus metric points, only while the job is ours."""
+    """Store progress (and the latest metrics), plus metric points, only while the job is ours.
+    With `max_points`, the attempt keeps at most that many points of each kind, thinned evenly
+    over its steps (_thin_points); None keeps them all."""
     values: dict[str, Any] = {"progress": progress}
     if metrics is not None:
         values["metrics"] = metrics
     with session_scope(engine) as session:
         owned = _fenced_update(session, claim, **values)
         if owned:
-            session.add_all(
-                JobMetric(job_id=claim.job_id, attempt=claim.attempt, kind=kind, step=step, values=point)
-                for kind, step, point in points
-            )
+            by_kind: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+            for kind, step, point in points:
+                by_kind.setdefault(kind, []).append((step, point))
+            for kind, kept in by_kind.items():
+                if max_points is not None:
+                    kept = _thin_points(session, claim, kind, kept, max_points)
+                session.add_all(
+                    JobMetric(job_id=claim.job_id, attempt=claim.attempt, kind=kind, step=step, values=point)
+                    for step, point in kept
+                )
         session.commit()
     return owned
+
+
+# The steps a metric point may have (the column is a 32-bit integer on PostgreSQL).
+MAX_STEP = 2**31 - 1
+
+
+def _bucket_width(low: int, high: int, max_points: int) -> int:
+    """The narrowest power of two such that steps low to high fall in at most max_points buckets
+    of that width (bucket = step // width)."""
+    width = 1
+    while high // width - low // width + 1 > max_points:
+        width *= 2
+    return width
+
+
+def _thin_points(
+    session: Session, claim: Claim, kind: str, points: list[tuple[int, dict[str, Any]]], max_points: int,
+) -> list[tuple[int, dict[str, Any]]]:
+    """Of `points` (step, values) about to be stored, those to keep so that the attempt holds at
+    most one point of `kind` per bucket of steps, the buckets as wide as max_points of them need
+    to cover its steps. Until a run spans max_points steps every point is kept; past that the
+    buckets widen by doubling, each merging two whose first point stays (every 2nd point, then
+    every 4th...), so the whole run stays evenly covered and at most max_points are kept
+    whatever steps the training reports. Steps outside 0..MAX_STEP, which no training
+    reports, are dropped."""
+    points = [(step, values) for step, values in points if 0 <= step <= MAX_STEP]
+    if not points:
+        return []
+    this_kind = (JobMetric.job_id == claim.job_id) & (JobMetric.attempt == claim.attempt) & (JobMetric.kind == kind)
+    # Two subqueries: SQLite reads a lone min() or max() off the index, not both at once.
+    stored_low, stored_high = session.execute(select(
+        select(func.min(JobMetric.step)).where(this_kind).scalar_subquery(),
+        select(func.max(JobMetric.step)).where(this_kind).scalar_subquery(),
+    )).one()
+    steps = [step for step, _ in points]
+    low = min(steps) if stored_low is None else min(stored_low, *steps)
+    high = max(steps) if stored_high is None else max(stored_high, *steps)
+    width = _bucket_width(low, high, max_points)
+    taken: set[int] = set()
+    if stored_low is not None:
+        if width > _bucket_width(stored_low, stored_high, max_points):
+            # Wider buckets: keep the first stored point of each.
+            first_of_each = select(func.min(JobMetric.id)).where(this_kind).group_by(JobMetric.step // width)
+            session.execute(delete(JobMetric).where(this_kind & col(JobMetric.id).not_in(first_of_each)))
+        # The buckets the new points fall in that already hold a stored point: usually just the last one.
+        first_bucket, last_bucket = min(steps) // width, min(max(steps), stored_high) // width
+        if first_bucket <= last_bucket:
+            occupied = select(JobMetric.step // width).where(
+                this_kind, JobMetric.step >= first_bucket * width, JobMetric.step < (last_bucket + 1) * width
+            ).distinct()
+            taken.update(session.scalars(occupied))
+    kept = []
+    for step, values in points:
+        if step // width not in taken:
+            taken.add(step // width)
+            kept.append((step, values))
+    return kept
 
 
 def append_log(engine: Engine, claim: Claim, offset: int, text: str, *, max_bytes: int) -> bool:

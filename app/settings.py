@@ -53,6 +53,19 @@ class Settings(BaseSettings):
         description="The memory ceiling of each training process that trains on the CPU, e.g. 3GiB or 4G "
         "(default: 80% of the host's memory shared among the worker's slots); at least 1.5GiB",
     )
+    max_train_points: int = Field(
+        default=20_000, ge=1000, le=10_000_000,
+        description="Per job attempt, the most train-loss points kept; past it they are thinned evenly over the run "
+        "(at least 1000: a run's epoch points, at most 1000, are held to it too and never thinned)",
+    )
+    max_histograms: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="Per job, the most wandb.watch histogram sets; a wandb_watch_freq that would log more is raised",
+    )
+    max_artifact_bytes: ByteSize = Field(
+        default=ByteSize(1024**3), ge=1024,
+        description="The most a job may store: its result files together, and each checkpoint (e.g. 1GiB)",
+    )
     cifar_verify: bool = Field(default=True, description="Verify CIFAR-10 checksums")
     wandb_mode: WandbMode = Field(
         default="auto", description="auto: online when a W&B API key is configured, else offline"

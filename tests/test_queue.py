@@ -2,6 +2,7 @@
 PostgreSQL, through the `engine` fixture. Races run in real processes."""
 
 import multiprocessing
+import random
 import threading
 import time
 from datetime import timedelta
@@ -241,6 +242,40 @@ def test_cancel_refuses_unknown_and_finished_jobs(engine: Engine):
     with pytest.raises(queue.JobStateConflict, match="is succeeded") as conflict:
         queue.request_cancel(engine, job.id)
     assert conflict.value.status == "succeeded"
+
+
+def test_train_points_past_the_cap_are_thinned_evenly_over_the_whole_run(engine: Engine):
+    job = submit(engine)
+    claimed = claim(engine)
+    for first in range(1, 8001, 200):  # 8000 steps reported as a worker flushes them, 200 at a time
+        points = [("train", step, {"train_loss": 1 / step}) for step in range(first, first + 200)]
+        assert queue.record_progress(engine, claimed, progress={}, points=points, max_points=1000)
+    assert queue.record_progress(engine, claimed, progress={}, points=[("epoch", 1, {"test_accuracy": 50.0})], max_points=1000)
+
+    steps = [point.step for point in reads.job_metrics(engine, job.id, "train")]
+    assert len(steps) <= 1000
+    assert steps[0] == 1 and steps[-1] > 8000 - 16  # from the start to the latest point
+    assert {later - earlier for earlier, later in zip(steps, steps[1:])} <= {15, 16}  # every 16th step: evenly
+    assert [point.step for point in reads.job_metrics(engine, job.id, "epoch")] == [1]
+    kept = reads.job_metrics(engine, job.id, "train")[5]
+    assert kept.values == {"train_loss": 1 / kept.step}  # each kept point is one the training reported
+
+
+def test_the_point_cap_holds_whatever_steps_a_training_reports(engine: Engine):
+    job = submit(engine)
+    claimed = claim(engine)
+    rng = random.Random(7)
+    reports = [
+        [("train", 5, {"train_loss": 1.0})] * 3000,  # one step, over and over
+        [("train", rng.randrange(0, 2**31), {"train_loss": 1.0}) for _ in range(3000)],  # anywhere, in any order
+        [("train", step, {"train_loss": 1.0}) for step in (-1, 2**31, 2**40)],  # steps no column holds
+        [("train", step, {"train_loss": 1.0}) for step in range(2**30, 2**30 + 3000)],
+    ]
+    for points in reports:
+        assert queue.record_progress(engine, claimed, progress={}, points=points, max_points=1000)
+        assert len(reads.job_metrics(engine, job.id, "train")) <= 1000
+    assert queue.record_progress(engine, claimed, progress={}, points=reports[-1])  # no cap: every point
+    assert len(reads.job_metrics(engine, job.id, "train")) > 3000
 
 
 def test_release_requeues_without_spending_an_attempt(engine: Engine):

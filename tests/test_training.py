@@ -31,6 +31,7 @@ from worker.data import CIFAR_CACHE_NAME, ImageSet, cifar10, synthetic
 from worker.nets import PaddingAwareConv2d, build_model, live_taps, skip_padding_taps
 from worker.protocol import CHECKPOINT_SIGNAL, CheckpointSaved, ChildSpec, Event, Progress, Result
 from worker.reporter import CheckpointRequest, RecordingReporter
+from worker.tracking import histogram_interval
 
 TINY = {
     "dataset": "synthetic",
@@ -181,6 +182,25 @@ def test_wandb_watch_runs_offline(tmp_path, watch, monkeypatch):
     [event] = recorder.wandb_events
     assert event["mode"] == "offline" and Path(event["run_dir"]).is_dir()
     assert recorder.final is not None
+
+
+def test_histograms_are_bounded_per_job_by_raising_the_watch_interval():
+    assert histogram_interval(1, steps=25_000_000, max_sets=1000) == 25_000
+    assert histogram_interval(1000, steps=3910, max_sets=1000) == 1000  # the tutorial's 5 epochs: untouched
+    assert histogram_interval(3, steps=3001, max_sets=1000) == 4
+    assert histogram_interval(1, steps=10**9, max_sets=None) == 1
+
+
+def test_a_job_whose_watch_interval_would_log_too_many_histograms_says_so_in_its_log(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    params = JobCreate.model_validate({**TINY, "wandb_mode": "offline", "wandb_watch": "all", "wandb_watch_freq": 1})
+    files = JobFiles(tmp_path / "job")
+    files.root.mkdir()
+    recorder = RecordingReporter()
+    train.run(params, name="watched", files=files, data_dir=tmp_path, cifar_verify=False, reporter=recorder, max_histograms=1)
+    assert recorder.final is not None
+    assert ("trainboard: wandb_watch_freq 1 would log 2 histogram sets; logging every 2 batches instead, "
+            "at most 1 a job (TRAINBOARD_MAX_HISTOGRAMS)") in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------

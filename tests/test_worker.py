@@ -5,6 +5,7 @@ synthetic ones that run long enough to be interrupted.
 """
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -238,6 +239,29 @@ def test_a_job_over_its_memory_ceiling_fails_in_one_line_and_the_worker_goes_on_
     )
     done = wait_finished(engine, after.id, stack)
     assert done.status == "succeeded", done.error
+    assert worker.poll() is None
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_job_whose_files_exceed_the_store_limit_fails_naming_it_and_stores_nothing(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, TRAINBOARD_MAX_ARTIFACT_BYTES="1MiB", **FAST_LEASES)
+    checkpointed = submit(engine, epochs=2, checkpoint_every=1)
+    uncheckpointed = submit(engine, epochs=1, checkpoint_every=0)
+    worker = stack.worker()
+
+    over = r"\d+\.\dMiB \([\d,]+ bytes\), over the 1\.0MiB a job may store \(TRAINBOARD_MAX_ARTIFACT_BYTES\); nothing of it was stored"
+    failed = wait_finished(engine, checkpointed.id, stack)
+    assert failed.status == "failed"
+    assert re.fullmatch(f"its checkpoint checkpoint-e1-b0.pt is {over}", failed.error), failed.error
+    assert failed.checkpoint is None and failed.artifacts == []
+    failed = wait_finished(engine, uncheckpointed.id, stack)
+    assert failed.status == "failed"
+    assert re.fullmatch(f"training finished, but its files \\(model.pth\\) are {over}", failed.error), failed.error
+    assert failed.artifacts == []
+    stored = [path for path in (tmp_path / "artifacts").rglob("*") if path.is_file()]
+    assert stored == []
     assert worker.poll() is None
 
 

@@ -55,6 +55,7 @@ def main() -> int:
             checkpoint_request=checkpoint_request,
             wandb_group=spec.wandb_group,
             sweep_id=spec.sweep_id,
+            max_histograms=spec.max_histograms,
         )
     except (DataError, WeightsError, DiskFull, memory.OutOfMemory) as exc:
         traceback.print_exc()

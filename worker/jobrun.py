@@ -27,7 +27,7 @@ from queue import Empty, Queue
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import ByteSize, ValidationError
 from sqlalchemy import Engine
 
 from app import queue, sweeps
@@ -117,6 +117,7 @@ class ChildProcess:
             wandb_group=claim.wandb_group,
             sweep_id=claim.sweep_id,
             memory_ceiling=slot.memory_ceiling,
+            max_histograms=settings.max_histograms,
         )
         env = wandb_environment(child_environment(os.environ), spec.params.wandb_mode)
         env.setdefault("TORCH_HOME", str((settings.data_dir / "torch").resolve()))
@@ -187,6 +188,14 @@ def exit_reason(returncode: int, files: JobFiles) -> str:
     last = f"; last output: {' | '.join(tail)[-800:]}" if tail else ""
     hint = " (out of memory?)" if returncode == -signal.SIGKILL else ""
     return f"the training process {how}{hint} without a result{last}"
+
+
+def over_the_limit(size: int, settings: Settings) -> str:
+    """The end of a refusal: the size, and the store's limit per job with its setting."""
+    return (
+        f"{ByteSize(size).human_readable()} ({size:,} bytes), over the {ByteSize(settings.max_artifact_bytes).human_readable()} "
+        "a job may store (TRAINBOARD_MAX_ARTIFACT_BYTES); nothing of it was stored"
+    )
 
 
 def _signal_name(signum: int) -> str:
@@ -364,6 +373,11 @@ class HostFault(RuntimeError):
     stops claiming until the host recovers."""
 
 
+class ArtifactRefused(RuntimeError):
+    """A file the training left is not one the store takes (over TRAINBOARD_MAX_ARTIFACT_BYTES, or
+    named outside the job's folder): the job fails saying so, and nothing of it is stored."""
+
+
 class JobRun:
     """One attempt of one job in one slot."""
 
@@ -419,11 +433,17 @@ class JobRun:
                 record=lambda checkpoint: self.lease.write(lambda: queue.record_checkpoint(self.engine, self.claim, checkpoint)),
             )
             events = EventPump(
-                child.report_fd, f"reports-{self.claim.job_id}",
-                on_wandb=self._record_wandb, on_examples=self._record_examples, on_checkpoint=uploads.add,
+                child.report_fd, f"reports-{self.claim.job_id}", on_wandb=self._record_wandb,
+                on_examples=self._record_examples, on_checkpoint=lambda saved: uploads.add(self._storable(saved)),
             )
             ending = self._supervise(child, events, output, uploads)
             self._flush(events, output)
+        except ArtifactRefused as exc:
+            child.kill()
+            self._flush(events, output)
+            uploads.close()
+            self._fail(str(exc))
+            return
         except Exception as exc:
             # Never leave an unsupervised child training, nor the job running until its lease ends.
             self.log.exception("job %d: supervising it failed", self.claim.job_id)
@@ -588,9 +608,9 @@ class JobRun:
         if pending is None:
             return self.lease.owned
         progress, metrics, points = pending
-        return self.lease.write(
-            lambda: queue.record_progress(self.engine, self.claim, progress=progress, metrics=metrics, points=points)
-        )
+        return self.lease.write(lambda: queue.record_progress(
+            self.engine, self.claim, progress=progress, metrics=metrics, points=points, max_points=self.settings.max_train_points,
+        ))
 
     def _record(self, what: str, done: str, operation: Callable[[], bool]) -> None:
         """A fenced write of how the attempt ended, and a log line saying whether it was recorded."""
@@ -611,13 +631,41 @@ class JobRun:
             lambda: queue.finish(self.engine, self.claim, JobStatus.FAILED, error=reason[:2000]),
         )
 
+    def _storable(self, saved: CheckpointSaved) -> CheckpointSaved:
+        """A checkpoint within the store's limit; ArtifactRefused, its file removed, for one over it."""
+        size = saved.path.stat().st_size
+        if size > self.settings.max_artifact_bytes:
+            saved.path.unlink(missing_ok=True)
+            raise ArtifactRefused(f"its checkpoint {saved.path.name} is {over_the_limit(size, self.settings)}")
+        return saved
+
+    def _result_files(self, result: Result) -> dict[str, Path]:
+        """The files the result names, by name: each in the job's scratch folder, together within
+        the store's limit (as the worker measures them, whatever the training reported)."""
+        files = {}
+        for artifact in result.artifacts:
+            name = str(artifact.get("name", ""))
+            if name in ("", ".", "..") or Path(name).name != name:
+                raise ArtifactRefused(f"it named a file outside its folder: {name[:200]!r}")
+            files[name] = self.files.root / name
+        size = sum(path.stat().st_size for path in files.values())
+        if size > self.settings.max_artifact_bytes:
+            raise ArtifactRefused(f"its files ({', '.join(files)}) are {over_the_limit(size, self.settings)}")
+        return files
+
     def _finish(self, returncode: int, events: EventPump, output: LogRelay) -> None:
         result = events.result
         if returncode != 0 or result is None:
             self._fail(events.failure or exit_reason(returncode, self.files))
             return
         try:
-            artifacts = self._upload_artifacts(result, events, output)
+            artifacts = self._upload_artifacts(self._result_files(result), events, output)
+        except ArtifactRefused as exc:
+            self._fail(f"training finished, but {exc}")
+            return
+        except FileNotFoundError as exc:
+            self._fail(f"training finished, but a file it named is missing: {exc.filename}")
+            return
         except StoreError as exc:
             self._fail(f"training finished but its model could not be stored: {exc}")
             return
@@ -627,7 +675,7 @@ class JobRun:
             self.engine, self.claim, JobStatus.SUCCEEDED, metrics=result.metrics, artifacts=artifacts
         ))
 
-    def _upload_artifacts(self, result: Result, events: EventPump, output: LogRelay) -> list[dict[str, Any]] | None:
+    def _upload_artifacts(self, files: dict[str, Path], events: EventPump, output: LogRelay) -> list[dict[str, Any]] | None:
         """Upload the files the child left in its scratch folder, keeping the lease meanwhile;
         an unreachable store is retried with backoff. None when the job was lost meanwhile."""
         uploaded: list[dict[str, Any]] = []
@@ -636,11 +684,11 @@ class JobRun:
 
         def upload() -> None:
             try:
-                for artifact in result.artifacts:
-                    key = self.store.key(self.claim.job_id, artifact["name"])
-                    size = upload_with_retries(self.store, self.files.root / artifact["name"], key, MODEL_UPLOAD_SECONDS, stopped)
+                for name, path in files.items():
+                    key = self.store.key(self.claim.job_id, name)
+                    size = upload_with_retries(self.store, path, key, MODEL_UPLOAD_SECONDS, stopped)
                     uploaded.append({
-                        "name": artifact["name"], "size": size, "key": key, "store": self.store.public_url,
+                        "name": name, "size": size, "key": key, "store": self.store.public_url,
                         "host": self.settings.host_name,
                     })
             except StoreError as exc:

@@ -39,8 +39,10 @@ class ChildSpec(BaseModel):
     # A sweep's trial: its W&B run joins the sweep's group, and its config names the sweep.
     wandb_group: str | None = None
     sweep_id: int | None = None
-    # Its bounds: the memory ceiling in bytes when it trains on the CPU (None: none).
+    # Its bounds: the memory ceiling in bytes when it trains on the CPU, the W&B histogram sets it
+    # may log (None: unbounded).
     memory_ceiling: int | None = None
+    max_histograms: int | None = None
 
 
 # A diverged run's NaN or infinite loss is written as null: JSON, and PostgreSQL's JSON type, have no NaN.

@@ -37,6 +37,14 @@ def resolve_mode(requested: str | None) -> str:
     return requested
 
 
+def histogram_interval(requested: int, steps: int, max_sets: int | None) -> int:
+    """The batches between histogram sets: the requested interval, or the smallest one that logs
+    at most `max_sets` over `steps` batches (None: no bound)."""
+    if max_sets is None:
+        return requested
+    return max(requested, -(-steps // max_sets))
+
+
 class Tracker:
     """One W&B run for one job; in `disabled` mode there is no run and every call does nothing."""
 
@@ -99,12 +107,22 @@ class Tracker:
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    def watch(self, model: torch.nn.Module, log: str, log_freq: int) -> None:
+    def watch(self, model: torch.nn.Module, log: str, log_freq: int, steps: int, max_sets: int | None) -> None:
         """Histograms of gradients and/or parameters every `log_freq` batches, as the tutorial's
         wandb.watch(model, log="all"). Each costs a few syncs and a copy of the weights to the host,
-        so log_freq is what bounds its share of the training time."""
-        if self.run is not None and log != "off":
-            self.run.watch(model, log=log, log_freq=log_freq)
+        so log_freq is what bounds its share of the training time; and each set is a few hundred
+        KB in the run, so at most `max_sets` over the run's `steps` batches: past that the
+        interval is raised, and the job's log says so."""
+        if self.run is None or log == "off":
+            return
+        interval = histogram_interval(log_freq, steps, max_sets)
+        if interval != log_freq:
+            print(
+                f"trainboard: wandb_watch_freq {log_freq} would log {steps // log_freq:,} histogram sets; logging every "
+                f"{interval:,} batches instead, at most {max_sets:,} a job (TRAINBOARD_MAX_HISTOGRAMS)",
+                flush=True,
+            )
+        self.run.watch(model, log=log, log_freq=interval)
 
     def log_train_loss(self, batch: int, loss: float) -> None:
         if self.run is not None:

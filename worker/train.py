@@ -101,13 +101,15 @@ def run(
     checkpoint_request: CheckpointRequest | None = None,
     wandb_group: str | None = None,
     sweep_id: int | None = None,
+    max_histograms: int | None = None,
 ) -> None:
     """Train and evaluate as `params` say, reporting progress, examples, checkpoints and the result
     through `reporter`; model.pth and the checkpoints go to the job's scratch folder. `data`
     replaces the job's dataset (benchmarks bring their own images); subsets still apply.
     `resume_from` is a checkpoint to continue from. Once `checkpoint_request` is asked, it
-    checkpoints where it is and returns without a result. Running out of memory raises
-    memory.OutOfMemory naming the batch size to lower."""
+    checkpoints where it is and returns without a result. `max_histograms` bounds the W&B
+    histogram sets of the run. Running out of memory raises memory.OutOfMemory naming the batch
+    size to lower."""
     request = checkpoint_request or CheckpointRequest()
     # ---- Setup ---------------------------------------------------------------------------------
     set_seed(params.seed)
@@ -138,7 +140,8 @@ def run(
     checkpoints = CheckpointWriter(files.root / "checkpoints", reporter, epochs, batches)
     stopped = False
     try:
-        tracker.watch(model, log=params.wandb_watch, log_freq=params.wandb_watch_freq)
+        tracker.watch(model, log=params.wandb_watch, log_freq=params.wandb_watch_freq, steps=epochs * batches,
+                      max_sets=max_histograms)
         metrics: dict[str, Any] = {}
         first_epoch, interrupted_epoch = 1, None
         if resumed is not None:
