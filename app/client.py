@@ -294,13 +294,13 @@ def describe_sweep(sweep: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _best_trial(sweep: dict[str, Any]) -> dict[str, Any] | None:
+def best_trial(sweep: dict[str, Any]) -> dict[str, Any] | None:
     return next((trial for trial in sweep["jobs"] if trial["id"] == sweep["best_job_id"]), None)
 
 
 def best_line(sweep: dict[str, Any]) -> str:
     """The best trial: its metric, job, trial number and swept parameters."""
-    trial = _best_trial(sweep)
+    trial = best_trial(sweep)
     if trial is None:
         return f"no trial has reported {sweep['metric']} yet"
     return (
