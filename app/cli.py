@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
         command.add_argument("--token", help="your access token, or the admin's (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
-            command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
+            command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded (or its sweep pruned it)")
             command.add_argument(
                 "params", nargs="*", metavar="key=value",
                 help="job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=sweep,baseline "
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("status", "list", "sweep-status"):
             command.add_argument("--json", action="store_true", help="print the API's JSON")
         elif name == "logs":
-            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded")
+            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded (or its sweep pruned it)")
         elif name == "download":
             command.add_argument("name", nargs="?", default="model.pth", help="the artifact (default: model.pth)")
             command.add_argument("-o", "--output", metavar="PATH", help="file or folder to save it to (default: its name, here)")
