@@ -1,5 +1,6 @@
-"""The `trainboard` command: serve, worker, up; submit, status, list, logs, cancel, retry, download
-for scripts (over the HTTP API); sync, on a worker's host, to upload offline W&B runs; user for admins."""
+"""The `trainboard` command: serve, worker, up; submit, status, list, logs, cancel, retry, download,
+sweep, sweep-status for scripts (over the HTTP API); sync, on a worker's host, to upload offline W&B
+runs; user for admins."""
 
 import argparse
 import functools
@@ -29,10 +30,16 @@ CLIENT_COMMANDS = {
     "resume": "put a paused job back in the queue, to continue from its checkpoint",
     "retry": "queue a failed or cancelled job again, as a new job",
     "download": "download a file a job produced (model.pth)",
+    "sweep": "start a sweep from a W&B sweep config file (YAML or JSON)",
+    "sweep-status": "show a sweep's progress, its best trial and its trials",
 }
 CLIENT_EXIT_CODES = (
-    "exit codes: 0 done (the job succeeded, or is still going), 1 the job failed or was cancelled, "
-    "2 the request failed (unreachable, refused, unknown job)"
+    "exit codes: 0 done (the job succeeded or its sweep pruned it, or it is still going), 1 the job failed or was "
+    "cancelled, 2 the request failed (unreachable, refused, unknown job)"
+)
+SWEEP_EXIT_CODES = (
+    "exit codes: 0 done (the sweep finished with a best trial, or is still going), 1 the sweep failed, was cancelled "
+    "or no trial reported its metric, 2 the request failed (unreachable, a refused config, unknown sweep)"
 )
 SYNC_EXIT_CODES = "exit codes: 0 every run chosen was uploaded (or none needed it), 2 one or more were not, or the job is unknown"
 
@@ -170,12 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     worker = commands.add_parser("worker", help="run a worker: one slot per GPU, or one CPU slot")
     worker.add_argument("--gpus", default="auto", help=GPUS_HELP)
     for name, help_text in CLIENT_COMMANDS.items():
-        epilog = job_fields_help() + "\n\n" + CLIENT_EXIT_CODES if name == "submit" else CLIENT_EXIT_CODES
+        epilog = {"submit": job_fields_help() + "\n\n" + CLIENT_EXIT_CODES, "sweep": SWEEP_EXIT_CODES,
+                  "sweep-status": SWEEP_EXIT_CODES}.get(name, CLIENT_EXIT_CODES)
         command = commands.add_parser(name, help=help_text, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
         command.add_argument("--url", help="the dashboard (default: $TRAINBOARD_URL or http://127.0.0.1:8000)")
         command.add_argument("--token", help="your access token, or the admin's (default: $TRAINBOARD_TOKEN)")
         if name == "submit":
-            command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded")
+            command.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 1 unless it succeeded (or its sweep pruned it)")
             command.add_argument(
                 "params", nargs="*", metavar="key=value",
                 help="job fields, values parsed as JSON where they parse: preset=fast94 lr=0.05 epochs=3 tags=sweep,baseline "
@@ -184,13 +192,22 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "list":
             command.add_argument("--status", choices=STATUSES, help="only jobs with this status")
             command.add_argument("--q", metavar="TEXT", help="only jobs whose name or a tag contains TEXT")
+            command.add_argument("--sweep", type=int, metavar="ID", help="only this sweep's trials")
             command.add_argument("--limit", type=int, default=20, help="at most this many, newest first (default 20)")
+        elif name == "sweep":
+            command.add_argument(
+                "--wait", action="store_true",
+                help="follow the sweep until it ends, then print its best trial; exit 1 unless it finished with one",
+            )
+            command.add_argument("config", metavar="FILE", help="the sweep config, as W&B writes it (sweep.yaml), or JSON")
+        elif name == "sweep-status":
+            command.add_argument("sweep_id", type=int)
         else:
             command.add_argument("job_id", type=int)
-        if name in ("status", "list"):
+        if name in ("status", "list", "sweep-status"):
             command.add_argument("--json", action="store_true", help="print the API's JSON")
         elif name == "logs":
-            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded")
+            command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded (or its sweep pruned it)")
         elif name == "download":
             command.add_argument("name", nargs="?", default="model.pth", help="the artifact (default: model.pth)")
             command.add_argument("-o", "--output", metavar="PATH", help="file or folder to save it to (default: its name, here)")

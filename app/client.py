@@ -1,5 +1,5 @@
-"""`trainboard submit | status | list | logs | cancel | retry | download`: the HTTP API from a shell
-or a script (httpx), at $TRAINBOARD_URL with $TRAINBOARD_TOKEN."""
+"""`trainboard submit | status | list | logs | cancel | retry | download | sweep | sweep-status`: the
+HTTP API from a shell or a script (httpx), at $TRAINBOARD_URL with $TRAINBOARD_TOKEN."""
 
 import json
 import os
@@ -15,12 +15,14 @@ import httpx
 
 from app.formatting import epoch_phrase, short_age
 from app.forms import form_fields, split_tags
-from app.models import FINISHED_STATUSES, JobStatus
+from app.models import FINISHED_STATUSES, JobStatus, SweepStatus
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 WAIT_POLL_SECONDS = 1.0
 # The most of a log one request returns (the API's own bound).
 LOG_CHUNK_BYTES = 1_000_000
+# How a job ends as it should: trained to the end, or stopped early by its sweep's rule.
+DONE_STATUSES = (JobStatus.SUCCEEDED, JobStatus.PRUNED)
 
 
 class ClientError(RuntimeError):
@@ -77,8 +79,8 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}")
 
-    def jobs(self, *, status: str | None, search: str | None, limit: int) -> dict[str, Any]:
-        query = {"status": status, "q": search, "limit": limit}
+    def jobs(self, *, status: str | None, search: str | None, limit: int, sweep_id: int | None = None) -> dict[str, Any]:
+        query = {"status": status, "q": search, "limit": limit, "sweep_id": sweep_id}
         return self._request("GET", "/jobs", params={key: value for key, value in query.items() if value is not None})
 
     def act(self, job_id: int, action: str) -> dict[str, Any]:
@@ -91,6 +93,14 @@ class Client:
         with self._response("GET", f"/jobs/{job_id}/log", params=params) as response:
             response.read()
             return response.text, int(response.headers["X-Log-Offset"])
+
+    def create_sweep(self, config: str, *, yaml: bool) -> dict[str, Any]:
+        """POST /sweeps with a config's text as it is, so that a refusal locates the problem in it."""
+        content_type = "application/yaml" if yaml else "application/json"
+        return self._request("POST", "/sweeps", content=config.encode("utf-8"), headers={"Content-Type": content_type})
+
+    def sweep(self, sweep_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/sweeps/{sweep_id}")
 
     def download(self, job_id: int, name: str, destination: Path) -> int:
         """Stream an artifact into `destination` (whole or not at all); returns its size."""
@@ -173,11 +183,20 @@ def _shorten(text: str, width: int) -> str:
 
 def follow(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
     """Show the job's progress on one line until it finishes; return the finished job."""
+    return _follow_on_one_line(lambda: client.job(job_id), describe, lambda job: job["status"] in FINISHED_STATUSES, out)
+
+
+def _follow_on_one_line(
+    read: Callable[[], dict[str, Any]], line_of: Callable[[dict[str, Any]], str],
+    ended: Callable[[dict[str, Any]], bool], out: TextIO,
+) -> dict[str, Any]:
+    """Poll `read` until `ended`, showing `line_of` what it read: rewritten in place on a terminal,
+    a new line only when it changed otherwise (a log, a pipe). Returns the last thing read."""
     interactive = out.isatty()
     last = ""
     while True:
-        job = client.job(job_id)
-        line = describe(job)
+        current = read()
+        line = line_of(current)
         if line != last:
             if interactive:
                 out.write("\r\033[K" + line)
@@ -185,10 +204,10 @@ def follow(client: Client, job_id: int, out: TextIO) -> dict[str, Any]:
                 out.write(line + "\n")
             out.flush()
             last = line
-        if job["status"] in FINISHED_STATUSES:
+        if ended(current):
             if interactive:
                 out.write("\n")
-            return job
+            return current
         time.sleep(WAIT_POLL_SECONDS)
 
 
@@ -218,8 +237,105 @@ def _print_log_since(client: Client, job_id: int, offset: int, out: TextIO) -> i
 
 
 # ---------------------------------------------------------------------------------------------
-# The commands. Exit codes: 0 done (or the job succeeded), 1 the job did not succeed, 2 a request
-# failed (unreachable, refused, unknown job).
+# How sweeps read in a terminal
+# ---------------------------------------------------------------------------------------------
+
+
+def read_sweep_config(path: Path) -> tuple[str, bool]:
+    """A sweep config file's text, and whether it goes as YAML: a .json file, or any text that
+    parses as JSON, goes as JSON; anything else is YAML (W&B's own format)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ClientError(f"cannot read {path}: it is not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        return text, False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return text, True
+    return text, False
+
+
+def metric_value(metric: str, value: float) -> str:
+    """A sweep's metric as the job lines show it: accuracy in percent, losses to four places."""
+    return f"{value:.2f}%" if metric == "test_accuracy" else f"{value:.4f}"
+
+
+def metric_phrase(metric: str, value: float) -> str:
+    return f"{metric.replace('_', ' ')} {metric_value(metric, value)}"
+
+
+def assignments(params: dict[str, Any]) -> str:
+    """Parameters as `trainboard submit` takes them (lr=0.0123 batch_size=64)."""
+    return " ".join(f"{name}={_param_text(value)}" for name, value in params.items())
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def describe_sweep(sweep: dict[str, Any]) -> str:
+    """One line: status, trials done out of run_cap (how many pruned), running and queued, the best so far."""
+    counts = sweep["counts"]
+    done = sum(counts.get(status, 0) for status in FINISHED_STATUSES)
+    progress = f"{done}/{sweep['run_cap']} trials done"
+    if counts.get(JobStatus.PRUNED):
+        progress += f" ({counts[JobStatus.PRUNED]} pruned)"
+    parts = [f"sweep {sweep['id']} {sweep['status']}", progress, f"{counts.get(JobStatus.RUNNING, 0)} running"]
+    if counts.get(JobStatus.QUEUED):
+        parts.append(f"{counts[JobStatus.QUEUED]} queued")
+    if sweep["best_value"] is not None:
+        parts.append(f"best {metric_phrase(sweep['metric'], sweep['best_value'])} (job {sweep['best_job_id']})")
+    return ", ".join(parts)
+
+
+def best_trial(sweep: dict[str, Any]) -> dict[str, Any] | None:
+    return next((trial for trial in sweep["jobs"] if trial["id"] == sweep["best_job_id"]), None)
+
+
+def best_line(sweep: dict[str, Any]) -> str:
+    """The best trial: its metric, job, trial number and swept parameters."""
+    trial = best_trial(sweep)
+    if trial is None:
+        return f"no trial has reported {sweep['metric']} yet"
+    return (
+        f"best {metric_phrase(sweep['metric'], trial['value'])} from job {trial['id']} (trial {trial['trial_number']})"
+        + (f": {assignments(trial['params'])}" if trial["params"] else "")
+    )
+
+
+def trials_table(sweep: dict[str, Any]) -> str:
+    """The trials as aligned columns, best first (as the API orders them): trial, job, status, the
+    metric, epochs trained (a pruned trial's: the epoch it stopped at), then each swept parameter."""
+    swept = list(dict.fromkeys(name for trial in sweep["jobs"] for name in trial["params"]))
+    rows = [("TRIAL", "JOB", "STATUS", sweep["metric"].replace("_", " ").upper(), "EPOCHS", *swept)]
+    for trial in sweep["jobs"]:
+        value = trial["value"]
+        rows.append((
+            str(trial["trial_number"]), str(trial["id"]), trial["status"],
+            metric_value(sweep["metric"], value) if value is not None else "",
+            str(trial["epochs_trained"]), *(_param_text(trial["params"].get(name)) for name in swept),
+        ))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def follow_sweep(client: Client, sweep_id: int, out: TextIO) -> dict[str, Any]:
+    """Show the sweep's progress on one line until it ends; return the ended sweep."""
+    return _follow_on_one_line(
+        lambda: client.sweep(sweep_id), describe_sweep, lambda sweep: sweep["status"] != SweepStatus.RUNNING, out,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The commands. Exit codes: 0 done (the job succeeded or was pruned, the sweep finished with a best
+# trial, or either is still going), 1 the job or the sweep did not, 2 a request failed (unreachable,
+# refused, unknown job or sweep).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -230,7 +346,28 @@ def _outcome(job: dict[str, Any], out: TextIO) -> int:
         shown = f"{accuracy:.2f}%" if accuracy is not None else "none"
         print(f"job {job['id']} succeeded: test accuracy {shown}; {wandb_line(job)}", file=out)
         return 0
+    if job["status"] == JobStatus.PRUNED:
+        # Its sweep's early termination stopped it, as that rule is meant to: done, not failed.
+        print(f"job {job['id']} {(job.get('pruned') or {}).get('message') or 'pruned'}; {wandb_line(job)}", file=out)
+        return 0
     print(f"job {job['id']} {job['status']}: {job.get('error') or 'no reason recorded'}", file=out)
+    return 1
+
+
+def _found_a_best(sweep: dict[str, Any]) -> bool:
+    return sweep["status"] == SweepStatus.FINISHED and sweep["best_job_id"] is not None
+
+
+def _sweep_outcome(client: Client, sweep: dict[str, Any], out: TextIO) -> int:
+    """The last line for a sweep followed to its end, and the exit code it makes: 0 when it
+    finished with a best trial (its W&B run named), 1 otherwise."""
+    if _found_a_best(sweep):
+        best = client.job(sweep["best_job_id"])
+        print(f"sweep {sweep['id']} finished: {best_line(sweep)}; {wandb_line(best)}", file=out)
+        return 0
+    why = sweep.get("reason") or ("no trial reported its metric" if sweep["status"] == SweepStatus.FINISHED else "no reason recorded")
+    so_far = f"; {best_line(sweep)}" if sweep["best_job_id"] is not None else ""
+    print(f"sweep {sweep['id']} {sweep['status']}: {why}{so_far}", file=out)
     return 1
 
 
@@ -252,7 +389,7 @@ def _status(client: Client, args, out: TextIO) -> int:
 
 
 def _list(client: Client, args, out: TextIO) -> int:
-    page = client.jobs(status=args.status, search=args.q, limit=args.limit)
+    page = client.jobs(status=args.status, search=args.q, limit=args.limit, sweep_id=args.sweep)
     if args.json:
         print(json.dumps(page, indent=2), file=out)
     elif page["items"]:
@@ -267,7 +404,7 @@ def _list(client: Client, args, out: TextIO) -> int:
 def _logs(client: Client, args, out: TextIO) -> int:
     if args.follow:
         job = follow_log(client, args.job_id, out)
-        return 0 if job["status"] == JobStatus.SUCCEEDED else 1
+        return 0 if job["status"] in DONE_STATUSES else 1
     out.write(client.log(args.job_id)[0])
     return 0
 
@@ -308,6 +445,36 @@ def _download(client: Client, args, out: TextIO) -> int:
     return 0
 
 
+def _sweep(client: Client, args, out: TextIO) -> int:
+    config, yaml = read_sweep_config(Path(args.config))
+    sweep = client.create_sweep(config, yaml=yaml)
+    print(
+        f"sweep {sweep['id']} {sweep['status']}: {client.url}/sweeps/{sweep['id']} "
+        f"({sweep['method']}, {sweep['run_cap']} trials, {sweep['parallel']} at once)",
+        file=out, flush=True,
+    )
+    return _sweep_outcome(client, follow_sweep(client, sweep["id"], out), out) if args.wait else 0
+
+
+def _sweep_status(client: Client, args, out: TextIO) -> int:
+    sweep = client.sweep(args.sweep_id)
+    if args.json:
+        print(json.dumps(sweep, indent=2), file=out)
+        return 0
+    print(describe_sweep(sweep), file=out)
+    print(
+        f"{sweep['name']}: {sweep['method']}, {sweep['metric']} ({sweep['goal']}), {sweep['parallel']} at once, "
+        f"seed {sweep['seed']}: {client.url}/sweeps/{sweep['id']}",
+        file=out,
+    )
+    if sweep.get("reason"):
+        print(f"why it ended: {sweep['reason']}", file=out)
+    if sweep["jobs"]:
+        print(best_line(sweep), file=out)
+        print(trials_table(sweep), file=out)
+    return 0 if sweep["status"] == SweepStatus.RUNNING or _found_a_best(sweep) else 1
+
+
 COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
     "submit": _submit,
     "status": _status,
@@ -318,6 +485,8 @@ COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
     "resume": _resume,
     "retry": _retry,
     "download": _download,
+    "sweep": _sweep,
+    "sweep-status": _sweep_status,
 }
 
 

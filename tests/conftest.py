@@ -2,7 +2,6 @@
 in the CIFAR-10 python format, and real `trainboard serve` / `trainboard worker` processes."""
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient
 from app.db import make_engine, migrate
 from app.main import create_app
 from app.settings import Settings
+from tests.support.cifar import TRAIN_BATCHES, write_batches
 from tests.support.databases import postgres_database
 from tests.support.network import free_port
 
@@ -122,31 +122,20 @@ def db_client(db_settings: Settings) -> Iterator[TestClient]:
 # A small data set in the CIFAR-10 python format (pickled batches as torchvision reads them)
 # ---------------------------------------------------------------------------------------------
 
-CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-
 
 def write_cifar10(root: Path, per_batch: int = 200, test_size: int = 400, seed: int = 0) -> Path:
     """Five train batches and a test batch of learnable images: each class a colour, plus noise."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(0, 256, size=(10, 3))
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True, exist_ok=True)
 
-    def batch(count: int, label: str) -> dict:
+    def draw(count: int) -> tuple[np.ndarray, np.ndarray]:
         labels = rng.integers(0, 10, size=count)
         images = colours[labels][:, :, None, None] + rng.normal(0, 40, size=(count, 3, 32, 32))
-        data = images.clip(0, 255).astype(np.uint8).reshape(count, 3072)
-        return {"batch_label": label, "labels": labels.tolist(), "data": data,
-                "filenames": [f"{label}_{i}.png" for i in range(count)]}
+        return images.clip(0, 255).astype(np.uint8), labels
 
-    for index in range(1, 6):
-        with open(folder / f"data_batch_{index}", "wb") as stream:
-            pickle.dump(batch(per_batch, f"training batch {index} of 5"), stream)
-    with open(folder / "test_batch", "wb") as stream:
-        pickle.dump(batch(test_size, "testing batch 1 of 1"), stream)
-    with open(folder / "batches.meta", "wb") as stream:
-        pickle.dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, stream)
-    return root
+    train = [draw(per_batch) for _ in range(TRAIN_BATCHES)]
+    test = draw(test_size)
+    return write_batches(root, (np.concatenate([images for images, _ in train]), np.concatenate([labels for _, labels in train])), test)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The `trainboard` command against real processes: up, and submit | status | list | logs | cancel | retry |
-download and GET /metrics for scripts."""
+download | sweep | sweep-status and GET /metrics for scripts."""
 
 import json
 import os
@@ -7,14 +7,16 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import queue, reads
+from app import queue, reads, sweeps
 from app.db import get_engine
 from app.models import JobCreate, Worker
+from app.settings import Settings
 from tests.conftest import wait_for
 from tests.test_worker import alive
 
@@ -293,3 +295,168 @@ def test_pause_and_resume_from_the_cli(make_stack):
     assert resumed.returncode == 0 and resumed.stdout.strip() == "job 1 queued: it continues from its checkpoint"
     assert stack.job(1)["status"] == "queued"
     assert trainboard(stack, "resume", "99").returncode == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps. The test plays the worker: it claims each trial from the database the real app serves,
+# reports an epoch, ends it, and advances the sweep as a worker's slot does before it claims.
+# ---------------------------------------------------------------------------------------------
+
+GRID_SWEEP = """\
+name: cli-grid
+method: grid
+metric:
+  name: Test Accuracy
+  goal: maximize
+parallel: 1
+parameters:
+  lr:
+    values: [0.001, 0.01, 0.1]
+  epochs:
+    value: 3
+  dataset:
+    value: synthetic
+"""
+# What each trial reports, by its lr: accuracy after its epoch, and whether hyperband stopped it there.
+OUTCOMES = {0.001: (40.0, True), 0.01: (60.0, False), 0.1: (80.0, False)}
+BEST_RUN = "https://wandb.ai/lab/thorough-pytorch/runs/best0001"
+
+
+class Follower:
+    """A `trainboard` command running in the background, its output lines collected as they come."""
+
+    def __init__(self, stack, *args: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args], env={**stack.env, "TRAINBOARD_URL": stack.base_url},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(line.rstrip("\n") for line in self.process.stdout))
+        self.reader.start()
+
+    def wait_for_line(self, predicate, what: str) -> str:
+        return wait_for(
+            lambda: next((line for line in list(self.lines) if predicate(line)), None), 60,
+            message=lambda: f"{what}; output so far: {self.lines}, exit code: {self.process.poll()}",
+        )
+
+    def finish(self) -> tuple[int, str]:
+        """Its exit code and what it wrote to stderr, once it has ended."""
+        code = self.process.wait(timeout=60)
+        self.reader.join(timeout=10)
+        errors = self.process.stderr.read()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code, errors
+
+
+def play_trial(engine, settings: Settings) -> int:
+    """Claim the next trial, report its one epoch and end it as OUTCOMES says; then advance the sweep."""
+    claim = wait_for(lambda: queue.claim(engine, "cli-test", 60), 30, message="a trial to claim")
+    accuracy, pruned = OUTCOMES[claim.params["lr"]]
+    queue.record_progress(
+        engine, claim, progress={"epoch": 1, "epochs": 3, "batch": 4, "batches": 4},
+        metrics={"test_accuracy": accuracy}, points=[("epoch", 1, {"epoch": 1, "test_accuracy": accuracy})],
+    )
+    if accuracy == max(value for value, _ in OUTCOMES.values()):
+        queue.record_wandb(engine, claim, mode="online", url=BEST_RUN, run_id="best0001", run_dir=None, note=None)
+    if pruned:
+        rule = sweeps.Pruning("hyperband", 1, 0, accuracy, f"pruned by hyperband at epoch 1 (rung 0, eta 3): test_accuracy {accuracy:g} was not in the best 1/3")
+        assert queue.finish(engine, claim, "pruned", pruned=rule.as_dict())
+    else:
+        assert queue.finish(engine, claim, "succeeded", metrics={"test_accuracy": accuracy})
+    sweeps.advance(engine, settings)
+    return claim.job_id
+
+
+def test_sweep_wait_follows_it_to_its_best_trial_and_sweep_status_lists_the_trials(make_stack, tmp_path):
+    stack = make_stack()
+    stack.serve()
+    database_url = stack.env["TRAINBOARD_DATABASE_URL"]
+    engine = get_engine(database_url)
+    settings = Settings(database_url=database_url, wandb_mode="offline", _env_file=None)
+    (tmp_path / "sweep.yaml").write_text(GRID_SWEEP)
+
+    follower = Follower(stack, "sweep", str(tmp_path / "sweep.yaml"), "--wait")
+    first = follower.wait_for_line(lambda line: line.startswith("sweep 1 "), "the sweep's URL")
+    assert first == f"sweep 1 running: {stack.base_url}/sweeps/1 (grid, 3 trials, 1 at once)"
+    follower.wait_for_line(lambda line: line == "sweep 1 running, 0/3 trials done, 0 running, 1 queued", "the first progress line")
+
+    first_trial = play_trial(engine, settings)
+    accuracy, pruned = OUTCOMES[stack.job(first_trial)["params"]["lr"]]
+    follower.wait_for_line(
+        lambda line: line == f"sweep 1 running, 1/3 trials done{' (1 pruned)' if pruned else ''}, 0 running, 1 queued, "
+        f"best test accuracy {accuracy:.2f}% (job {first_trial})",
+        "the line after the first trial",
+    )
+    ids = [first_trial, play_trial(engine, settings), play_trial(engine, settings)]
+    assert follower.finish() == (0, "")
+    best = next(job_id for job_id in ids if stack.job(job_id)["params"]["lr"] == 0.1)
+    trial_number = stack.job(best)["trial_number"]
+    assert follower.lines[-2] == f"sweep 1 finished, 3/3 trials done (1 pruned), 0 running, best test accuracy 80.00% (job {best})"
+    assert follower.lines[-1] == f"sweep 1 finished: best test accuracy 80.00% from job {best} (trial {trial_number}): lr=0.1; W&B: {BEST_RUN}"
+
+    status = trainboard(stack, "sweep-status", "1")
+    assert status.returncode == 0, status.stderr
+    summary, about, best_line, header, *rows = status.stdout.splitlines()
+    assert summary == follower.lines[-2]
+    assert about == f"cli-grid: grid, test_accuracy (maximize), 1 at once, seed {stack.client.get('/sweeps/1').json()['seed']}: {stack.base_url}/sweeps/1"
+    assert best_line == f"best test accuracy 80.00% from job {best} (trial {trial_number}): lr=0.1"
+    assert header.split() == ["TRIAL", "JOB", "STATUS", "TEST", "ACCURACY", "EPOCHS", "lr"]
+    assert [row.split()[2:] for row in rows] == [
+        ["succeeded", "80.00%", "1", "0.1"], ["succeeded", "60.00%", "1", "0.01"], ["pruned", "40.00%", "1", "0.001"],
+    ]
+    assert json.loads(trainboard(stack, "sweep-status", "1", "--json").stdout)["best_job_id"] == best
+
+    # A pruned trial is done, not failed: `status` and `logs --follow` exit 0 for it.
+    pruned_id = int(rows[2].split()[1])
+    pruned_status = trainboard(stack, "status", str(pruned_id))
+    assert pruned_status.returncode == 0, pruned_status.stdout
+    assert pruned_status.stdout.splitlines() == [
+        f"job {pruned_id} pruned, epoch 1/3, test accuracy 40.00%",
+        f"job {pruned_id} pruned by hyperband at epoch 1 (rung 0, eta 3): test_accuracy 40 was not in the best 1/3; W&B: not started",
+    ]
+    assert trainboard(stack, "logs", str(pruned_id), "--follow").returncode == 0
+    listed = trainboard(stack, "list", "--sweep", "1")
+    assert sorted(int(row.split()[0]) for row in listed.stdout.splitlines()[1:]) == sorted(ids)
+
+
+def test_sweep_refusals_a_json_config_and_a_cancelled_sweep(make_stack, tmp_path):
+    stack = make_stack()
+    stack.serve()
+    (tmp_path / "bad.yaml").write_text("method: random\nrun_cap: 4\nparameters:\n  lr:\n    distribution: log_uniform_values\n    min: 0.001\n")
+    refused = trainboard(stack, "sweep", str(tmp_path / "bad.yaml"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip() == "trainboard: POST /sweeps answered 422: parameters.lr: log_uniform_values needs min and max"
+    (tmp_path / "typo.json").write_text('{"method": "random", "run_cap": 2,}')
+    not_json = trainboard(stack, "sweep", str(tmp_path / "typo.json"))
+    assert not_json.returncode == 2 and "422: the body is not valid JSON" in not_json.stderr and "line 1 column" in not_json.stderr
+    missing = trainboard(stack, "sweep", str(tmp_path / "none.yaml"))
+    assert missing.returncode == 2 and f"cannot read {tmp_path / 'none.yaml'}: No such file or directory" in missing.stderr
+    assert stack.client.get("/sweeps").json()["total"] == 0
+    unknown = trainboard(stack, "sweep-status", "99")
+    assert unknown.returncode == 2 and "404" in unknown.stderr
+
+    # JSON by its content, whatever the file's name; followed until it is cancelled.
+    config = {"method": "random", "run_cap": 5, "parallel": 2, "parameters": {"lr": {"min": 0.001, "max": 0.1}}}
+    (tmp_path / "sweep.conf").write_text(json.dumps(config))
+    follower = Follower(stack, "sweep", "--wait", str(tmp_path / "sweep.conf"))
+    follower.wait_for_line(lambda line: line == "sweep 1 running, 0/5 trials done, 0 running, 2 queued", "the sweep's trials")
+    assert stack.client.get("/sweeps/1").json()["config"] == config
+
+    status = trainboard(stack, "sweep-status", "1")
+    assert status.returncode == 0
+    header, *rows = status.stdout.splitlines()[3:]
+    assert header.split() == ["TRIAL", "JOB", "STATUS", "TEST", "ACCURACY", "EPOCHS", "lr"]
+    assert sorted(row.split()[:3] for row in rows) == [["0", "1", "queued"], ["1", "2", "queued"]]
+    assert status.stdout.splitlines()[2] == "no trial has reported test_accuracy yet"
+
+    assert stack.client.post("/sweeps/1/cancel").status_code == 200
+    assert follower.finish() == (1, "")
+    assert follower.lines[-1] == "sweep 1 cancelled: cancelled by request"
+    cancelled = trainboard(stack, "sweep-status", "1")
+    assert cancelled.returncode == 1
+    assert cancelled.stdout.splitlines()[:3] == [
+        "sweep 1 cancelled, 2/5 trials done, 0 running", f"sweep-1: random, test_accuracy (maximize), 2 at once, "
+        f"seed {stack.client.get('/sweeps/1').json()['seed']}: {stack.base_url}/sweeps/1", "why it ended: cancelled by request",
+    ]

@@ -4,6 +4,7 @@ is SIGKILLed; and three sweeps run end to end by real `trainboard serve` and `wo
 
 import json
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -382,3 +383,25 @@ def test_random_grid_and_bayes_with_hyperband_run_to_completion(database, reques
         assert trial["epochs_trained"] == trial["pruned_at_epoch"] == 1
         assert job["pruned"]["message"].startswith("pruned by hyperband at epoch 1")
         assert job["metrics"]["epoch"] == 1 and job["finished_at"] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The efficiency benchmark's command line
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_sweep_efficiency_benchmark_runs_both_searches_and_judges_its_target():
+    command = [sys.executable, "-m", "bench.sweep_efficiency", "--trials", "2", "--epochs", "2", "--train-size", "64", "--test-size", "32"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode in (0, 1), result.stderr
+    epochs = {
+        label: int(re.search(rf"^{re.escape(label)} +finished +(\d+) +\d", result.stdout, re.MULTILINE)[1])
+        for label in ("without early termination", "hyperband (min_iter 1, eta 3)")
+    }
+    assert epochs["without early termination"] == 4
+    assert 2 <= epochs["hyperband (min_iter 1, eta 3)"] <= 4
+    saved = 1 - epochs["hyperband (min_iter 1, eta 3)"] / 4
+    assert f"saved by hyperband: {saved:.1%} of the epochs" in result.stdout
+    verdict = re.search(r"^target (met|missed): ", result.stdout, re.MULTILINE)[1]
+    assert result.returncode == (0 if verdict == "met" else 1), result.stdout
