@@ -260,10 +260,7 @@ def retry_job(
     original: JobToRetry, user: CurrentUser, response: Response, engine: EngineDep, settings: SettingsDep
 ) -> JobPublic:
     """A new job with the same parameters as a failed or cancelled one, linked to it and owned by whoever asks."""
-    if original.sweep_id is not None:
-        job = sweeps.retry_trial(engine, settings, original, owner=user.name)
-    else:
-        job = queue.retry(engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name)
+    job = sweeps.retry(engine, settings, original, owner=user.name)
     response.headers["Location"] = f"/jobs/{job.id}"
     return _view(engine, settings, job)
 

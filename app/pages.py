@@ -291,9 +291,7 @@ def resume_button(job: JobToResume, engine: EngineDep) -> RedirectResponse:
 
 @shared_router.post("/jobs/{job_id}/retry")
 def retry_button(original: JobToRetry, user: CurrentUser, engine: EngineDep, settings: SettingsDep) -> RedirectResponse:
-    job = queue.retry(
-        engine, original.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name
-    )
+    job = sweeps.retry(engine, settings, original, owner=user.name)
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 

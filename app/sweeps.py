@@ -182,9 +182,19 @@ def _add_trial(session: Session, settings: Settings, sweep: Sweep, sweep_plan: S
     return job
 
 
-def retry_trial(engine: Engine, settings: Settings, job: Job, *, owner: str) -> Job:
-    """A failed or cancelled trial again, as a new job in its place (same number and parameters).
-    A finished or failed sweep runs again for it; `parallel` holds."""
+def retry(engine: Engine, settings: Settings, job: Job, *, owner: str) -> Job:
+    """A failed or cancelled job again, for `owner` (the API's and the page's Retry): a sweep's
+    trial in its place in the sweep, any other job as queue.retry makes it."""
+    if job.sweep_id is None:
+        return queue.retry(engine, job.id, max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=owner)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise queue.JobStateConflict(job.id, job.status, "retry")
+    return _retry_trial(engine, settings, job, owner=owner)
+
+
+def _retry_trial(engine: Engine, settings: Settings, job: Job, *, owner: str) -> Job:
+    """A trial again, as a new job with its number and parameters. A finished or failed sweep
+    runs again for it; `parallel` holds."""
     with queue.write_session(engine) as session:
         sweep = session.get(Sweep, job.sweep_id, with_for_update=True)
         if sweep.status == SweepStatus.CANCELLED:

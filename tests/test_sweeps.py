@@ -159,6 +159,8 @@ def test_a_grid_runs_each_point_once_and_finishes_with_the_best(db_client, db_se
     assert [trial["value"] for trial in done["jobs"]] == sorted((t["value"] for t in done["jobs"]), reverse=True)
     finished = db_client.post(f"/sweeps/{sweep['id']}/cancel")
     assert finished.status_code == 409 and "is finished" in finished.json()["detail"]
+    succeeded = db_client.post(f"/jobs/{done['best_job_id']}/retry")
+    assert succeeded.status_code == 409 and "is succeeded; cannot retry" in succeeded.json()["detail"]
 
 
 def test_hyperband_prunes_a_worse_trial_at_its_rung_and_says_why(db_client, db_settings: Settings):
