@@ -270,7 +270,13 @@ SWEEP_NOT_FOUND = {404: {"description": "No sweep with this id"}}
 
 @router.post(
     "/sweeps", status_code=status.HTTP_201_CREATED, response_model=SweepPublic, tags=["sweeps"],
-    responses={413: {"description": "The body is over 1 MiB"}},
+    responses={
+        413: {"description": "The body is over 1 MiB"},
+        415: {"description": "The body is neither JSON nor YAML"},
+        422: {"description": "The config is refused; each error names its key", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}},
+        }},
+    },
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": {"$ref": "#/components/schemas/SweepConfig"}},
         "application/yaml": {"schema": {"type": "string", "description": "The same config as YAML (no anchors or aliases)"}},
