@@ -4,6 +4,7 @@ wandb is imported only for a run that uses it, so a disabled run (the benchmarks
 needs no wandb installed.
 """
 
+import importlib
 import netrc
 import os
 from pathlib import Path
@@ -18,6 +19,19 @@ from worker.protocol import WandbStarted
 from worker.reporter import Reporter, first_line
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+# wandb itself, and what its first wandb.init imports on demand (its public API, through
+# wandb.sdk.launch): about a second on a CPU that a process waiting for its job spends beforehand.
+WANDB_MODULES = ("wandb", "wandb.sdk.launch", "wandb.apis.public")
+
+
+def import_wandb() -> None:
+    """Import what a run's start will need, where wandb is installed. Nothing more: wandb.setup()
+    would read W&B's environment now, before the job adds its API key."""
+    for name in WANDB_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
 
 
 def api_key_configured() -> bool:
