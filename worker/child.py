@@ -55,10 +55,10 @@ def main() -> int:
     from worker import train
     from worker.data import DataError
     from worker.nets import WeightsError
-    from worker.tracking import import_wandb
+    from worker.tracking import warm_up
     from worker.train import DiskFull
 
-    import_wandb()
+    warm_up()
 
     job = sys.stdin.buffer.read()
     if not job:
