@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from app import queue, reads
 from app.models import Job, JobCreate
-from app.settings import Settings
+from app.settings import JobFiles, Settings
 from tests.conftest import POSTGRES_URL, wait_for
 
 pytestmark = pytest.mark.slow
@@ -358,6 +358,29 @@ def test_a_training_process_that_died_waiting_is_replaced_not_handed_a_job(
     assert done.status == "succeeded", done.error
     [replacement] = wait_for(lambda: training_processes(worker.pid), 60, message="a new process waiting for a job")
     assert replacement != doomed
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_what_a_process_printed_before_its_job_is_marked_as_such_in_the_jobs_log(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    # Python reports every import's time on stderr: the waiting process prints a lot (more than a
+    # pipe holds) before its job, and a few lines more during it.
+    stack = make_stack(database_url=database_url, PYTHONPROFILEIMPORTTIME="1", **FAST_LEASES)
+    worker = stack.worker()
+    [waiting] = wait_for(lambda: training_processes(worker.pid), 60, message="a training process waiting for a job")
+    job = submit(engine, epochs=1)
+    done = wait_finished(engine, job.id, stack)
+    assert done.status == "succeeded", done.error
+
+    log = JobFiles(Settings(work_dir=tmp_path / "work", _env_file=None).scratch_dir(job.id)).log.read_text()
+    header, marker, rest = log.partition(
+        f"trainboard: output of the training process (pid {waiting}) from its start, before it took this job:\n"
+    )
+    assert marker, log[:2000]
+    assert header.startswith("==== attempt 1 on ") and header.count("\n") == 1
+    assert "import time:" in rest.split("trainboard: resnet18 on synthetic")[0]
+    assert "trainboard: epoch 1/1" in rest
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -15,6 +15,7 @@
 """
 
 import base64
+import io
 import logging
 import os
 import signal
@@ -135,7 +136,7 @@ class StartupOutput:
     died waiting), read as it comes so that it never blocks, the last STARTUP_OUTPUT_BYTES kept.
     It ends when the process takes its job (its output moves to the job's pipe) or exits."""
 
-    def __init__(self, stream, name: str):
+    def __init__(self, stream: io.BufferedReader, name: str):
         self._kept = bytearray()
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True, name=name)
         self._thread.start()
@@ -145,7 +146,7 @@ class StartupOutput:
         self._thread.join(timeout)
         return bytes(self._kept)
 
-    def _read(self, stream) -> None:
+    def _read(self, stream: io.BufferedReader) -> None:
         with stream:
             while chunk := stream.read1(LOG_CHUNK_BYTES):
                 self._kept += chunk
@@ -158,7 +159,7 @@ class ChildProcess:
     then it trains that job, reporting on a pipe, and exits. What it printed before it had the
     job (`startup`) and the job's output (`output`) come on pipes of their own."""
 
-    def __init__(self, process: subprocess.Popen, report_fd: int, output, startup: StartupOutput):
+    def __init__(self, process: subprocess.Popen, report_fd: int, output: io.BufferedReader, startup: StartupOutput):
         self.process = process
         self.report_fd = report_fd
         self.output = output
