@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     poll_seconds: float = Field(default=1.0, gt=0, le=60, description="How often an idle worker looks for work")
     cancel_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    warm_child: bool = Field(
+        default=True,
+        description="Keep each slot's next training process started ahead of its job, its imports done "
+        "(one process per job all the same); false starts each at its claim",
+    )
     header_timeout_seconds: float = Field(
         default=10.0, gt=0, le=300, description="A request's line and headers must arrive within this, or the connection closes"
     )

@@ -17,7 +17,7 @@ from app.models import utcnow
 from app.settings import Settings
 from tests.conftest import wait_for
 from tests.test_worker import FAST_LEASES, TINY_EPOCHS, submit, wait_child, wait_finished, wait_training
-from worker.jobrun import JobRun
+from worker.jobrun import ChildLauncher, JobRun
 from worker.supervisor import Slot
 
 pytestmark = pytest.mark.slow
@@ -95,19 +95,20 @@ def test_an_ending_is_logged_only_when_it_was_recorded(engine: Engine, tmp_path:
     settings = Settings(
         database_url=str(engine.url), work_dir=tmp_path / "work", artifacts_dir=tmp_path / "artifacts", _env_file=None,
     )
+    slot = Slot(0, "cpu")
     stopping = threading.Event()
     stopping.set()  # claimed as the worker stops: the attempt ends at once with a release
     caplog.set_level(logging.INFO, logger="trainboard.worker")
 
     ours = submit(engine, epochs=1)
     claim = queue.claim(engine, "worker-a", settings.lease_seconds)
-    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping, queue.JobWakeups(engine)).run()
+    JobRun(settings, engine, "worker-a", slot, claim, stopping, queue.JobWakeups(engine), ChildLauncher(settings, slot)).run()
     assert f"job {ours.id} released" in caplog.text
 
     # Reaped meanwhile, as if its lease had expired: the job is no longer this attempt's.
     caplog.clear()
     claim = queue.claim(engine, "worker-a", settings.lease_seconds)
     queue.reap_expired(engine, now=utcnow() + timedelta(seconds=settings.lease_seconds + 1))
-    JobRun(settings, engine, "worker-a", Slot(0, "cpu"), claim, stopping, queue.JobWakeups(engine)).run()
+    JobRun(settings, engine, "worker-a", slot, claim, stopping, queue.JobWakeups(engine), ChildLauncher(settings, slot)).run()
     assert f"job {claim.job_id}: its release was not recorded: the job is no longer this worker's" in caplog.text
     assert "released" not in caplog.text

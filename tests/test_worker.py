@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from app import queue, reads
 from app.models import Job, JobCreate
-from app.settings import Settings
+from app.settings import JobFiles, Settings
 from tests.conftest import POSTGRES_URL, wait_for
 
 pytestmark = pytest.mark.slow
@@ -72,6 +72,21 @@ def training_child(job_dir: Path) -> int | None:
         except OSError:
             continue
     return None
+
+
+def training_processes(worker_pid: int) -> list[int]:
+    """The pids of the training processes a worker started, with a job or waiting for one."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit() and b"worker.child" in (entry / "cmdline").read_bytes()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == worker_pid and alive(int(entry.name))
+            ):
+                found.append(int(entry.name))
+        except (OSError, IndexError):
+            continue
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -339,6 +354,90 @@ def test_a_second_signal_stops_the_worker_at_once_and_its_child_with_it(
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 128 + signal.SIGTERM
     wait_for(lambda: not alive(child), 10, message=f"training child {child} to die with its worker")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_each_job_trains_in_its_own_process_started_before_its_claim(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    worker = stack.worker()
+    waiting = wait_for(lambda: training_processes(worker.pid), 60, message="a training process waiting for a job")
+
+    for _ in range(2):
+        job = submit(engine, epochs=100)
+        wait_training(engine, job.id, stack)
+        assert wait_child(tmp_path, job.id) == waiting[-1]  # started before the claim, it trains the job
+        # Its first batches trained, the slot starts the next job's process.
+        [following] = wait_for(
+            lambda: [pid for pid in training_processes(worker.pid) if pid not in waiting], 60,
+            message="the next job's process",
+        )
+        waiting.append(following)
+        queue.request_cancel(engine, job.id)
+        assert wait_finished(engine, job.id, stack).status == "cancelled"
+        wait_for(lambda: not alive(waiting[-2]), 10, message="the job's process to exit with its job")
+
+    assert len(set(waiting)) == 3  # two jobs, two processes, and one waiting for a third
+    assert "before the claim" in stack.logs()
+
+    # A stopped worker stops the process waiting for a job too.
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    assert not alive(waiting[-1])
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_training_process_that_died_waiting_is_replaced_not_handed_a_job(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    stack = make_stack(database_url=database_url, **FAST_LEASES)
+    worker = stack.worker()
+    [doomed] = wait_for(lambda: training_processes(worker.pid), 60, message="a training process waiting for a job")
+    os.kill(doomed, signal.SIGKILL)
+    wait_for(lambda: "waiting for a job" in stack.logs(), 20, message="the worker to notice")
+    assert f"(pid {doomed}) was killed by SIGKILL" in stack.logs()
+
+    job = submit(engine, epochs=1)
+    done = wait_finished(engine, job.id, stack)
+    assert done.status == "succeeded", done.error
+    [replacement] = wait_for(lambda: training_processes(worker.pid), 60, message="a new process waiting for a job")
+    assert replacement != doomed
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_what_a_process_printed_before_its_job_is_marked_as_such_in_the_jobs_log(
+    database_url: str, engine: Engine, make_stack, tmp_path: Path
+):
+    # Python reports every import's time on stderr: the waiting process prints a lot (more than a
+    # pipe holds) before its job, and a few lines more during it.
+    stack = make_stack(database_url=database_url, PYTHONPROFILEIMPORTTIME="1", **FAST_LEASES)
+    worker = stack.worker()
+    [waiting] = wait_for(lambda: training_processes(worker.pid), 60, message="a training process waiting for a job")
+    job = submit(engine, epochs=1)
+    done = wait_finished(engine, job.id, stack)
+    assert done.status == "succeeded", done.error
+
+    log = JobFiles(Settings(work_dir=tmp_path / "work", _env_file=None).scratch_dir(job.id)).log.read_text()
+    header, marker, rest = log.partition(
+        f"trainboard: output of the training process (pid {waiting}) from its start, before it took this job:\n"
+    )
+    assert marker, log[:2000]
+    assert header.startswith("==== attempt 1 on ") and header.count("\n") == 1
+    assert "import time:" in rest.split("trainboard: resnet18 on synthetic")[0]
+    assert "trainboard: epoch 1/1" in rest
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_without_warm_processes_each_job_starts_its_own_at_its_claim(database_url: str, engine: Engine, make_stack):
+    stack = make_stack(database_url=database_url, TRAINBOARD_WARM_CHILD="false", **FAST_LEASES)
+    worker = stack.worker()
+    for _ in range(2):
+        job = submit(engine, epochs=1)
+        done = wait_finished(engine, job.id, stack)
+        assert done.status == "succeeded", done.error
+        assert training_processes(worker.pid) == []
+    assert stack.logs().count("in a process started for it") == 2
 
 
 def test_a_worker_takes_wandb_settings_from_env_file_without_overriding_the_environment(tmp_path: Path, monkeypatch):

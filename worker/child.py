@@ -1,7 +1,10 @@
-"""A training child: `python -m worker.child`, spawned by a worker slot, one per job attempt.
+"""A training child: `python -m worker.child`, started by a worker slot, one process per job attempt.
 
-It reads its job (a ChildSpec, worker/protocol.py) from stdin, reports over the pipe named by
-TRAINBOARD_REPORT_FD, writes its output to the job's log (its stdout and stderr), and dies with
+It starts with the slot's environment and no job, imports the training, then reads its job (a
+ChildSpec, worker/protocol.py) from stdin: a slot with a warm process started it ahead of the
+claim, so the imports are done when the job comes. It trains that one job and exits. It reports
+over the pipe named by TRAINBOARD_REPORT_FD, writes the job's output to the pipe named by
+TRAINBOARD_OUTPUT_FD (what it printed before it had its job stays on its stdout), and dies with
 its worker. SIGTERM stops it at once; CHECKPOINT_SIGNAL after a checkpoint, with exit code 0.
 Training on the CPU, it keeps under the memory ceiling its spec names (worker/memory.py).
 """
@@ -17,11 +20,26 @@ from worker.protocol import CHECKPOINT_SIGNAL, ChildSpec, Failure
 from worker.reporter import CheckpointRequest, PipeReporter, first_line
 
 PARENT_PID_ENV = "TRAINBOARD_PARENT_PID"
+OUTPUT_FD_ENV = "TRAINBOARD_OUTPUT_FD"
 
 
 def one_line(exc: BaseException) -> str:
     reason = first_line(exc)
     return reason if reason == type(exc).__name__ else f"{type(exc).__name__}: {reason}"
+
+
+def take_job(spec: ChildSpec) -> None:
+    """Become the job's process: its environment, its scratch folder as the working directory, and
+    from here on every byte of output (this process's and its subprocesses') on the job's pipe."""
+    os.environ.update(spec.environment)
+    os.chdir(spec.job_dir)
+    output_fd = os.environ.pop(OUTPUT_FD_ENV, None)
+    if output_fd is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(int(output_fd), sys.stdout.fileno())
+        os.dup2(int(output_fd), sys.stderr.fileno())
+        os.close(int(output_fd))
 
 
 def main() -> int:
@@ -33,14 +51,22 @@ def main() -> int:
     # checkpoints where it is and returns without a result; the slot knows it asked.
     checkpoint_request = CheckpointRequest()
     signal.signal(CHECKPOINT_SIGNAL, checkpoint_request.ask)
-    spec = ChildSpec.model_validate_json(sys.stdin.buffer.read())
-    reporter = PipeReporter.from_environment()
 
+    # The slow part of a start (torch, torchvision, wandb: seconds on a CPU), before the job.
     from worker import memory, train
     from worker.data import DataError
     from worker.nets import WeightsError
+    from worker.tracking import warm_up
     from worker.train import DiskFull
 
+    warm_up()
+
+    job = sys.stdin.buffer.read()
+    if not job:
+        return 0  # the slot stopped before it had a job for this process
+    spec = ChildSpec.model_validate_json(job)
+    take_job(spec)
+    reporter = PipeReporter.from_environment()
     device = train.training_device(spec.params)
     memory.limit(spec.memory_ceiling, device.type)
     try:

@@ -1,7 +1,9 @@
 """What crosses between a worker slot and its training child, typed on both sides.
 
-The slot writes one `ChildSpec` as JSON on the child's stdin. The child answers on a pipe with
-events, one JSON line each, told apart by their `event` field: `WandbStarted`, `Progress`,
+A training process starts with the slot's environment, imports the training and waits; the slot
+writes one `ChildSpec` as JSON on its stdin (at once, or when a job is claimed for a process
+started ahead of it), and the process trains that one job and exits. The child answers on a pipe
+with events, one JSON line each, told apart by their `event` field: `WandbStarted`, `Progress`,
 `Examples`, `CheckpointSaved`, `Result`, `Failure`. The child never touches the database nor
 the artifact store (it never holds the store's credentials): it leaves files in its scratch
 folder and its slot uploads them and turns the events into fenced writes.
@@ -24,8 +26,10 @@ from app.models import JobCreate
 CHECKPOINT_SIGNAL = signal.SIGUSR1
 
 
-# What a slot tells its child: the job, its scratch folder, where the data sets are, and the
-# checkpoint to resume from (a verified local copy of the job's last one; None: from scratch).
+# What a slot tells its child: the job, its scratch folder, where the data sets are, the
+# checkpoint to resume from (a verified local copy of the job's last one; None: from scratch),
+# and what the job adds to the environment the process started with (W&B's API key, for a job
+# that may run online: a process started ahead of its job never has it in its environment).
 class ChildSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -43,6 +47,7 @@ class ChildSpec(BaseModel):
     # may log (None: unbounded).
     memory_ceiling: int | None = None
     max_histograms: int | None = None
+    environment: dict[str, str] = {}
 
 
 # A diverged run's NaN or infinite loss is written as null: JSON, and PostgreSQL's JSON type, have no NaN.

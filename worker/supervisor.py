@@ -1,6 +1,7 @@
 """A worker: one slot per GPU (or one CPU slot), each claiming jobs and running them one attempt at
-a time (worker/jobrun.py), while the worker heartbeats, reaps jobs whose worker was lost, and
-stops claiming on shutdown. Transactions stay short: nothing is held open while a child trains.
+a time, each in a training process of its own that the slot started ahead of the claim
+(worker/jobrun.py), while the worker heartbeats, reaps jobs whose worker was lost, and stops
+claiming on shutdown. Transactions stay short: nothing is held open while a child trains.
 """
 
 import logging
@@ -20,7 +21,7 @@ from app.settings import Settings
 from worker import memory
 from worker.gpus import Nvml
 from app.store import StoreError
-from worker.jobrun import HostFault, JobRun
+from worker.jobrun import ChildLauncher, HostFault, JobRun
 from worker.reporter import first_line
 from worker.retries import TRANSIENT_ERRORS, DatabaseUnavailable, with_retries
 
@@ -99,6 +100,7 @@ class Supervisor:
 
     def _slot_loop(self, slot: Slot) -> None:
         wakeups = queue.JobWakeups(self.engine)
+        launcher = ChildLauncher(self.settings, slot)
         backoff = HOST_FAULT_FIRST_BACKOFF_SECONDS
         try:
             while not self.stopping.is_set():
@@ -107,6 +109,7 @@ class Supervisor:
                     backoff = min(backoff * 2, HOST_FAULT_MAX_BACKOFF_SECONDS)
                     continue
                 backoff = HOST_FAULT_FIRST_BACKOFF_SECONDS
+                launcher.prepare_next()
                 wakeups.listen()
                 self._advance_sweeps()
                 try:
@@ -121,7 +124,7 @@ class Supervisor:
                     continue
                 slot.job_id = claim.job_id
                 try:
-                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping, wakeups).run()
+                    JobRun(self.settings, self.engine, self.worker_id, slot, claim, self.stopping, wakeups, launcher).run()
                 except HostFault as exc:
                     slot.problem = f"job {claim.job_id}: {exc}"
                     log.warning("slot %d unhealthy: job %d %s; it went back to the queue and this slot claims no "
@@ -131,6 +134,7 @@ class Supervisor:
                 finally:
                     slot.job_id = None
         finally:
+            launcher.close()
             wakeups.close()
 
     def _advance_sweeps(self) -> None:

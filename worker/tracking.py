@@ -4,6 +4,8 @@ wandb is imported only for a run that uses it, so a disabled run (the benchmarks
 needs no wandb installed.
 """
 
+import contextlib
+import importlib
 import netrc
 import os
 from pathlib import Path
@@ -18,6 +20,23 @@ from worker.protocol import WandbStarted
 from worker.reporter import Reporter, first_line
 
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+# What a first wandb.init imports on demand: its public API, through wandb.sdk.launch.
+WANDB_LAZY_MODULES = ("wandb.sdk.launch", "wandb.apis.public")
+
+
+def warm_up() -> None:
+    """Do ahead what a process's first W&B run costs once, where wandb is installed (about a
+    second on a CPU): its imports, and a first pass of wandb's config sanitizing over a throwaway
+    config of default parameters (slow in a process that holds torch, fast once done). Nothing
+    that reads W&B's settings: wandb.setup() would fix them before the job adds its API key."""
+    try:
+        import wandb
+    except ImportError:
+        return  # a disabled run needs no wandb
+    for name in WANDB_LAZY_MODULES:
+        with contextlib.suppress(ImportError):  # moved in another wandb version: imported at init as before
+            importlib.import_module(name)
+    wandb.Config().update(JobCreate().model_dump(mode="json"))
 
 
 def api_key_configured() -> bool:
