@@ -382,9 +382,11 @@ def test_random_grid_and_bayes_with_hyperband_run_to_completion(database, reques
     assert pruned, bayes
     for trial in pruned:
         job = stack.job(trial["id"])
-        assert trial["epochs_trained"] == trial["pruned_at_epoch"] == 1
+        # Judged after epoch 1 and stopped within the next one (an epoch here is a fraction of a
+        # second, so the next one may have ended before the stop landed).
+        assert trial["pruned_at_epoch"] == 1 and trial["epochs_trained"] in (1, 2)
         assert job["pruned"]["message"].startswith("pruned by hyperband at epoch 1")
-        assert job["metrics"]["epoch"] == 1 and job["finished_at"] is not None
+        assert job["metrics"]["epoch"] == trial["epochs_trained"] and job["finished_at"] is not None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_a_failed_upload_says_why_in_one_line_and_marks_nothing(host, tmp_path):
     result = sync(unreachable, tmp_path, "--job", str(job_id))
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
-    folders = ", ".join(Path(run["dir"]).name for run in runs)
+    folders = ", ".join(sorted(Path(run["dir"]).name for run in runs))  # by name, as run_folders lists them
     assert line.startswith(f"trainboard: job {job_id} not synced: wandb sync did not upload {folders}: ")
     assert "connection refused" in line
 
