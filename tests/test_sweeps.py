@@ -382,10 +382,10 @@ def test_random_grid_and_bayes_with_hyperband_run_to_completion(database, reques
     assert pruned, bayes
     for trial in pruned:
         job = stack.job(trial["id"])
-        # Judged after epoch 1 and stopped within the next one (an epoch here is a fraction of a
-        # second, so the next one may have ended before the stop landed).
-        assert trial["pruned_at_epoch"] == 1 and trial["epochs_trained"] in (1, 2)
-        assert job["pruned"]["message"].startswith("pruned by hyperband at epoch 1")
+        # Judged at the first epoch its worker saw (an epoch here is a fraction of a second, so two
+        # may arrive together) and stopped before the last one.
+        assert trial["pruned_at_epoch"] in (1, 2) and trial["pruned_at_epoch"] <= trial["epochs_trained"] < 3
+        assert job["pruned"]["message"].startswith(f"pruned by hyperband at epoch {trial['pruned_at_epoch']}")
         assert job["metrics"]["epoch"] == trial["epochs_trained"] and job["finished_at"] is not None
 
 
