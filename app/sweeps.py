@@ -12,9 +12,11 @@ Who advances a sweep: the app when it is created or changed, and every worker's 
 claims, so neither the app nor any one worker has to be alive.
 """
 
+import json
 import logging
 import math
 import secrets
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,17 @@ class SweepNotFound(LookupError):
 class SweepStateConflict(RuntimeError):
     def __init__(self, message: str):
         super().__init__(message)
+
+
+def _plan(sweep: Sweep) -> SweepPlan:
+    """The stored config's plan. Every slot advances the sweeps before each claim and every trial's
+    epoch is judged, so a config is validated once per process, not on each of those."""
+    return _plan_of(json.dumps(sweep.config, sort_keys=True))
+
+
+@lru_cache(maxsize=64)
+def _plan_of(config: str) -> SweepPlan:
+    return plan(json.loads(config))
 
 
 def failures_to_stop(run_cap: int) -> int:
@@ -111,7 +124,7 @@ def _advance_one(engine: Engine, settings: Settings, sweep_id: int) -> None:
         sweep = session.get(Sweep, sweep_id, with_for_update=True)
         if sweep is None or sweep.status != SweepStatus.RUNNING:
             return
-        sweep_plan = plan(sweep.config)
+        sweep_plan = _plan(sweep)
         trials = _trials(session, sweep.id)
         if not _ended(session, sweep, trials):
             active = sum(1 for job in trials if job.status in ACTIVE_STATUSES)
@@ -246,7 +259,7 @@ def judge(engine: Engine, claim: queue.Claim) -> Pruning | None:
         sweep = session.get(Sweep, claim.sweep_id) if job is not None else None
         if sweep is None or sweep.status != SweepStatus.RUNNING or not sweep.config.get("early_terminate"):
             return None
-        sweep_plan = plan(sweep.config)
+        sweep_plan = _plan(sweep)
         study = _Study(session, sweep, sweep_plan, _trials(session, sweep.id))
         verdict, system_attrs = study.prune(job)
         trial = {**(job.trial or {}), "system_attrs": system_attrs}
