@@ -403,21 +403,26 @@ def _checkpointed(checkpoint: dict[str, Any]):
 
 
 def start_from_checkpoint(engine: Engine, claim: Claim) -> bool:
-    """A resumed attempt takes over the history its checkpoint covers; the points an earlier
-    attempt recorded after it are dropped, since this attempt records them again."""
+    """A resumed attempt takes over the history its checkpoint covers, from the attempt that
+    holds it; the points that attempt recorded after the checkpoint are dropped, since this
+    attempt records them again. Other attempts' points (one that started from scratch and was
+    lost before its first checkpoint) stay theirs."""
     checkpoint = claim.checkpoint
+    this_job = JobMetric.job_id == claim.job_id
+    if checkpoint.get("attempt") is not None:
+        this_job = this_job & (JobMetric.attempt == checkpoint["attempt"])
     with session_scope(engine) as session:
         covered = session.scalars(
-            select(JobMetric).where((JobMetric.job_id == claim.job_id) & _checkpointed(checkpoint)
-                                    & (JobMetric.kind == "epoch")).order_by(col(JobMetric.step).desc()).limit(1)
+            select(JobMetric).where(this_job & _checkpointed(checkpoint) & (JobMetric.kind == "epoch"))
+            .order_by(col(JobMetric.step).desc()).limit(1)
         ).first()
+        # The history now lives in this attempt: the next resume takes it from here.
         owned = _fenced_update(
-            session, claim,
+            session, claim, checkpoint={**checkpoint, "attempt": claim.attempt},
             resumed_from_epoch=checkpoint["epoch"], resumed_from_batch=checkpoint["batch"],
             progress=checkpoint.get("progress") or {}, metrics=covered.values if covered is not None else {},
         )
         if owned:
-            this_job = JobMetric.job_id == claim.job_id
             session.execute(delete(JobMetric).where(this_job & ~_checkpointed(checkpoint)))
             session.execute(update(JobMetric).where(this_job).values(attempt=claim.attempt))
         session.commit()

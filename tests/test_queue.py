@@ -292,6 +292,40 @@ def test_release_requeues_without_spending_an_attempt(engine: Engine):
     assert not queue.release(engine, claimed)  # the old claim no longer owns it
 
 
+def test_a_resumed_attempt_takes_its_history_from_the_attempt_that_checkpointed(engine: Engine):
+    """Attempt 1 is lost after epoch 1 but before its checkpoint; attempt 2 starts from scratch,
+    checkpoints epoch 1, records epoch 2 and is lost; attempt 3 resumes with each epoch once."""
+    job = submit(engine, max_attempts=4, epochs=3)
+
+    def epoch(claimed, number):
+        assert queue.record_progress(engine, claimed, progress={"epoch": number}, metrics={"test_accuracy": number},
+                                     points=[("epoch", number, {"test_accuracy": number})])
+
+    first = claim(engine)
+    epoch(first, 1)
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    second = claim(engine, "worker-b")
+    assert second.checkpoint is None
+    epoch(second, 1)
+    assert queue.record_checkpoint(engine, second, {"key": "k", "epoch": 1, "batch": 0, "step": 10})
+    epoch(second, 2)
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+
+    third = claim(engine, "worker-c")
+    assert queue.start_from_checkpoint(engine, third)
+    assert [m.step for m in reads.job_metrics(engine, job.id, "epoch", attempt=3)] == [1]
+    assert queue.get_job(engine, job.id).metrics == {"test_accuracy": 1}
+    epoch(third, 2)
+    # Lost again before a checkpoint of its own: the next resume finds the history in attempt 3.
+    assert queue.reap_expired(engine, now=after_lease()) == 1
+    fourth = claim(engine, "worker-d")
+    assert fourth.checkpoint["attempt"] == 3
+    assert queue.start_from_checkpoint(engine, fourth)
+    assert [(m.attempt, m.step) for m in reads.job_metrics(engine, job.id, "epoch", attempt=4)] == [(4, 1)]
+    # The attempt that never reached a checkpoint keeps its own point.
+    assert [(m.attempt, m.step) for m in reads.job_metrics(engine, job.id, "epoch", attempt=1)] == [(1, 1)]
+
+
 def test_release_of_a_job_with_a_cancel_request_cancels_it(engine: Engine):
     job = submit(engine)
     claimed = claim(engine)
