@@ -14,11 +14,11 @@ from sqlalchemy import Engine, text
 
 from app import queue, reads, sweeps, users
 from app.deps import (
-    CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly,
+    CurrentUser, EngineDep, JobBody, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, KnownQueryOnly,
     SettingsDep, SweepConfigBody, SweepId,
 )
 from app.models import (
-    Job, JobCreate, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, SweepPage, SweepPublic, Tag, UserName,
+    Job, JobPage, JobPublic, RecipePublic, JobStatus, JobUpdate, MetricPoint, SweepPage, SweepPublic, Tag, UserName,
     WorkerPublic, utcnow,
 )
 from app.settings import Settings
@@ -59,26 +59,27 @@ def healthz(engine: EngineDep) -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=QUEUE_FULL, tags=["jobs"])
-def create_job(
-    engine: EngineDep,
-    settings: SettingsDep,
-    user: CurrentUser,
-    response: Response,
-    params: Annotated[JobCreate, Body(openapi_examples={
-        "tutorial": {"summary": "The tutorial's config", "value": {}},
-        "lr": {"summary": "A higher learning rate, three epochs", "value": {"lr": 0.05, "epochs": 3}},
-        "smoke": {"summary": "Smoke test without a download", "value": {
-            "dataset": "synthetic", "pretrained": False, "epochs": 2, "train_subset": 2000, "test_subset": 500}},
-    })] = None,
-) -> JobPublic:
-    """Queue a training job, owned by whoever sends it. Every field is optional; defaults are the tutorial's config."""
-    job = queue.submit(
-        engine, params or JobCreate(), default_wandb_mode=settings.wandb_mode,
-        max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
+@router.post(
+    "/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=QUEUE_FULL, tags=["jobs"],
+    openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/JobRequest"},
+        "examples": {
+            "tutorial": {"summary": "The tutorial's config", "value": {}},
+            "lr": {"summary": "A higher learning rate, three epochs", "value": {"lr": 0.05, "epochs": 3}},
+            "smoke": {"summary": "Smoke test without a download", "value": {
+                "dataset": "synthetic", "pretrained": False, "epochs": 2, "train_subset": 2000, "test_subset": 500}},
+        },
+    }}}},
+)
+def create_job(engine: EngineDep, settings: SettingsDep, user: CurrentUser, response: Response, job: JobBody) -> JobPublic:
+    """Queue a training job, owned by whoever sends it: `recipe` (default cifar10-resnet18, the
+    tutorial) and that recipe's fields, every one optional; defaults are the recipe's."""
+    created = queue.submit(
+        engine, job.params, default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts,
+        max_queued=settings.max_queued, owner=user.name, recipe=job.recipe,
     )
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return _view(engine, settings, job)
+    response.headers["Location"] = f"/jobs/{created.id}"
+    return _view(engine, settings, created)
 
 
 @router.get("/jobs", response_model=JobPage, dependencies=[KnownQueryOnly], tags=["jobs"])
@@ -317,6 +318,13 @@ def cancel_sweep(sweep_id: SweepId, user: CurrentUser, engine: EngineDep) -> Swe
     users.authorize(user, sweeps.get(engine, sweep_id), "cancel")
     sweeps.cancel(engine, sweep_id)
     return sweeps.sweep_view(engine, sweep_id)
+
+
+@router.get("/recipes", response_model=list[RecipePublic], tags=["recipes"])
+def list_recipes(engine: EngineDep, settings: SettingsDep) -> list[RecipePublic]:
+    """What jobs can train: each recipe's title, version, metrics and job fields' JSON schema, and
+    the live workers that have it. POST /jobs takes `recipe` and its fields."""
+    return reads.recipe_views(engine, settings.lease_seconds, utcnow())
 
 
 @router.get("/workers", response_model=list[WorkerPublic], tags=["workers"])

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Body, Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from sqlalchemy import Engine
@@ -13,9 +13,11 @@ from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import Scope
 
-from app import queue, users
+from pydantic import BaseModel, ValidationError
+
+from app import queue, recipes, users
 from app.db import get_engine
-from app.models import Job
+from app.models import TUTORIAL_RECIPE, Job
 from app.settings import Settings
 from app.sweepconfig import SweepConfigError, SweepPlan, parse_yaml, plan
 
@@ -119,6 +121,43 @@ def refuse_unknown_query(request: Request) -> None:
 
 # A route's `dependencies=[KnownQueryOnly]`: its query parameters, and no others.
 KnownQueryOnly = Depends(refuse_unknown_query)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    recipe: recipes.Recipe
+    params: BaseModel  # the recipe's job model
+
+
+def validated_job(data: dict[str, Any], where: tuple[str, ...] = ("body",), request: Request | None = None) -> JobRequest:
+    """A job's fields, flat, with `recipe` (default the tutorial's) naming the model the rest are
+    validated against: a RequestValidationError naming each refused field if they are not."""
+    data = dict(data)
+    name = data.pop("recipe", TUTORIAL_RECIPE)
+    try:
+        recipe = recipes.registry().get(name) if isinstance(name, str) else None
+    except recipes.UnknownRecipe as exc:
+        recipe, reason = None, str(exc)
+    else:
+        reason = "must be a recipe's name (GET /recipes)"
+    if recipe is None:
+        raise RequestValidationError([{"type": "recipe", "loc": (*where, "recipe"), "msg": reason, "input": name}])
+    if request is not None:
+        request.state.body_model = recipe.job_model  # for the 422's "did you mean"
+    try:
+        return JobRequest(recipe, recipe.validate(data))
+    except ValidationError as exc:
+        raise RequestValidationError([
+            {**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)
+        ]) from None
+
+
+def job_request(request: Request, body: Annotated[dict[str, Any] | None, Body()] = None) -> JobRequest:
+    """POST /jobs's body: `recipe` and that recipe's fields (GET /recipes has each one's schema)."""
+    return validated_job(body or {}, request=request)
+
+
+JobBody = Annotated[JobRequest, Depends(job_request)]
 
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")

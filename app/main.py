@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from app import api, inputs, metrics, pages, security, sweepconfig
+from app import api, inputs, metrics, pages, recipes, security, sweepconfig
 from app.deps import query_names
 from app.templating import STATIC_DIR, SWAGGER_UI_ASSETS, templates
 from app.db import get_engine, migrate
@@ -56,12 +56,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _document_schemas(app: FastAPI) -> None:
-    """Add to the OpenAPI document the schemas of bodies that routes read themselves (a sweep config)."""
+    """Add to the OpenAPI document the schemas of bodies that routes read themselves (a sweep
+    config, a job's fields by recipe)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            generate().setdefault("components", {}).setdefault("schemas", {}).update(sweepconfig.json_schemas())
+            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(sweepconfig.json_schemas())
+            schemas.update(recipes.json_schemas(recipes.registry()))
         return app.openapi_schema
 
     app.openapi = openapi
@@ -103,7 +106,7 @@ def _meant(request: Request, location: list[Any]) -> str | None:
     where, given = location
     if where == "query":
         return _closest_name(str(given), query_names(route))
-    model = route.body_field.field_info.annotation if route.body_field else None
+    model = getattr(request.state, "body_model", None) or (route.body_field.field_info.annotation if route.body_field else None)
     if where == "body" and isinstance(model, type) and issubclass(model, BaseModel):
         return _closest_name(str(given), list(model.model_fields))
     return None

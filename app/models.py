@@ -97,6 +97,8 @@ Notes = Annotated[
 UserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
 # TRAINBOARD_TOKEN acts as this user, an admin; jobs from before users existed are theirs too.
 ADMIN_NAME = "admin"
+# The recipe a job trains when it names none: the tutorial's (app/recipes.py).
+TUTORIAL_RECIPE = "cifar10-resnet18"
 
 
 # Ids and the columns that point at them are 64-bit, as the API's ids are. SQLite's INTEGER is
@@ -343,6 +345,9 @@ class Job(SQLModel, table=True):
     name: str = ColumnField(max_length=128)
     owner: str = ColumnField(default=ADMIN_NAME, max_length=64, sa_column_kwargs={"server_default": ADMIN_NAME})
     status: str = ColumnField(default=JobStatus.QUEUED, max_length=16)
+    # The recipe it trains (app/recipes.py), and that recipe's version its parameters were validated against.
+    recipe: str = ColumnField(default=TUTORIAL_RECIPE, max_length=64, sa_column_kwargs={"server_default": TUTORIAL_RECIPE})
+    recipe_version: str | None = ColumnField(default=None, max_length=32)
     params: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     progress: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
     metrics: dict[str, Any] = ColumnField(default_factory=dict, sa_column=Column(JSON, nullable=False))
@@ -401,6 +406,7 @@ class Sweep(SQLModel, table=True):
     name: str = ColumnField(max_length=128)
     owner: str = ColumnField(default=ADMIN_NAME, max_length=64)
     status: str = ColumnField(default=SweepStatus.RUNNING, max_length=16, index=True)
+    recipe: str = ColumnField(default=TUTORIAL_RECIPE, max_length=64, sa_column_kwargs={"server_default": TUTORIAL_RECIPE})
     method: str = ColumnField(max_length=16)
     metric: str = ColumnField(max_length=32)
     goal: str = ColumnField(max_length=16)
@@ -473,6 +479,9 @@ class Worker(SQLModel, table=True):
     pid: int
     store: str | None = ColumnField(default=None, max_length=1024)  # its artifact store's URL, without credentials
     slots: list[dict[str, Any]] = ColumnField(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # The recipes it can run, {name: version}, and those that failed to load there, {source: error}.
+    recipes: dict[str, str] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
+    recipe_errors: dict[str, str] | None = ColumnField(default=None, sa_column=Column(JSON, nullable=True))
     started_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     heartbeat_at: datetime = ColumnField(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     stopped_at: datetime | None = ColumnField(default=None, sa_column=Column(DateTime(timezone=True)))
@@ -548,6 +557,8 @@ class JobPublic(BaseModel):
     name: str
     owner: str
     status: JobStatus
+    recipe: str = Field(default=TUTORIAL_RECIPE, description="The recipe it trains (GET /recipes)")
+    recipe_version: str | None = Field(default=None, description="The recipe's version its parameters were validated against")
     params: dict[str, Any]
     progress: dict[str, Any]
     metrics: dict[str, Any]
@@ -594,6 +605,8 @@ class JobPublic(BaseModel):
             name=job.name,
             owner=job.owner,
             status=job.status,
+            recipe=job.recipe,
+            recipe_version=job.recipe_version,
             params=job.params,
             progress=job.progress,
             metrics=job.metrics,
@@ -653,6 +666,30 @@ class WorkerPublic(BaseModel):
     heartbeat_at: datetime
     stopped_at: datetime | None
     alive: bool
+    recipes: dict[str, str] = Field(default_factory=dict, description="The recipes it can run: {name: version}")
+    recipe_errors: dict[str, str] = Field(
+        default_factory=dict, description="Recipes that failed to load there: {where from: the error}"
+    )
+
+
+class RecipeMetricPublic(BaseModel):
+    name: str
+    goal: Literal["maximize", "minimize"]
+    wandb_name: str
+
+
+# A recipe as GET /recipes lists it: what it is, its fields' JSON schema, and who can run it.
+class RecipePublic(BaseModel):
+    name: str
+    title: str
+    version: str
+    description: str
+    checkpoints: bool = Field(description="It checkpoints: its jobs resume where they stopped and can be paused")
+    metrics: list[RecipeMetricPublic]
+    json_schema: dict[str, Any] = Field(alias="schema", description="Its job fields (trainboard's and its own)")
+    workers: list[str] = Field(description="Live workers that can run it; none: its jobs wait")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
 
 # One trial of a sweep as the sweep shows it: the swept parameters and the metric it is scored by.

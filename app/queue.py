@@ -13,18 +13,22 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, Iterable, Literal
 
 import psycopg
 from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
+from pydantic import BaseModel
 from sqlmodel import Session, col
 
+from app import recipes
 from app.db import is_sqlite, session_scope
 from app.models import (
-    ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobCreate, JobExample, JobLog, JobMetric, JobStatus, JobUpdate, Sweep, Worker,
+    ADMIN_NAME, FINISHED_STATUSES, DeletedJob, Job, JobExample, JobLog, JobMetric, JobStatus, JobUpdate, Sweep, Worker,
     as_utc, utcnow,
 )
+from app.recipes import TUTORIAL, Recipe
 from app.settings import Settings
 from app.store import StoreError
 
@@ -48,8 +52,8 @@ class QueueFull(RuntimeError):
 
 
 class JobStateConflict(RuntimeError):
-    def __init__(self, job_id: int, status: str, action: str):
-        super().__init__(f"job {job_id} is {status}; cannot {action} it")
+    def __init__(self, job_id: int, status: str, action: str, why: str | None = None):
+        super().__init__(why or f"job {job_id} is {status}; cannot {action} it")
         self.job_id = job_id
         self.status = status
 
@@ -67,6 +71,8 @@ class Claim:
     # A sweep's trial: its sweep, and the W&B group its run joins (the sweep's name).
     sweep_id: int | None = None
     wandb_group: str | None = None
+    # The recipe it trains (app/recipes.py).
+    recipe: str = TUTORIAL.name
 
 
 RenewOutcome = Literal["ok", "cancel", "pause", "lost"]
@@ -78,8 +84,8 @@ RenewOutcome = Literal["ok", "cancel", "pause", "lost"]
 
 
 def submit(
-    engine: Engine, params: JobCreate, *, default_wandb_mode: str, max_attempts: int,
-    max_queued: int | None = None, retry_of: int | None = None, owner: str = ADMIN_NAME,
+    engine: Engine, params: BaseModel, *, default_wandb_mode: str, max_attempts: int,
+    max_queued: int | None = None, retry_of: int | None = None, owner: str = ADMIN_NAME, recipe: Recipe = TUTORIAL,
 ) -> Job:
     """Queue a job for `owner`. With max_queued, refuse (QueueFull) while that many jobs wait already."""
     with write_session(engine) as session:
@@ -88,7 +94,10 @@ def submit(
             waiting = session.scalar(select(func.count()).select_from(Job).where(Job.status == JobStatus.QUEUED)) or 0
             if waiting >= max_queued:
                 raise QueueFull(max_queued)
-        job = add_job(session, params, default_wandb_mode=default_wandb_mode, max_attempts=max_attempts, owner=owner, retry_of=retry_of)
+        job = add_job(
+            session, params, default_wandb_mode=default_wandb_mode, max_attempts=max_attempts, owner=owner,
+            retry_of=retry_of, recipe=recipe,
+        )
         session.commit()
         session.refresh(job)
     log.info("job %d queued", job.id, extra={"job_id": job.id})
@@ -96,15 +105,17 @@ def submit(
 
 
 def add_job(
-    session: Session, params: JobCreate, *, default_wandb_mode: str, max_attempts: int, owner: str, **columns: Any
+    session: Session, params: BaseModel, *, default_wandb_mode: str, max_attempts: int, owner: str,
+    recipe: Recipe = TUTORIAL, **columns: Any,
 ) -> Job:
     """A new job row in the caller's transaction (submit's, or a sweep's for its trials), and the
-    wake-up for workers when it commits. `columns` sets others (retry_of, a trial's, a status)."""
+    wake-up for workers when it commits. `params` are the recipe's job model's. `columns` sets
+    others (retry_of, a trial's, a status)."""
     values = params.model_dump(mode="json")
     values["wandb_mode"] = values["wandb_mode"] or default_wandb_mode
     job = Job(
         id=_next_sqlite_id(session), name=values["name"] or "", owner=owner, params=values, max_attempts=max_attempts,
-        **columns,
+        recipe=recipe.name, recipe_version=recipe.version, **columns,
     )
     session.add(job)
     session.flush()
@@ -152,45 +163,61 @@ _CLAIM_PARAMS_SQLITE = (
 )
 _CLAIMED = {
     "id": Integer, "attempts": Integer, "name": String, "params": JSON, "checkpoint": JSON, "sweep_id": Integer, "trial": JSON,
+    "recipe": String,
 }
 _CLAIM_PARAMS_POSTGRES = (bindparam("lease_seconds", type_=Float), bindparam("empty", type_=JSON))
 
-_CLAIM_POSTGRES = text(f"""
+_CLAIM_POSTGRES = f"""
     WITH next_job AS (
-        SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+        SELECT id FROM jobs WHERE status = 'queued'{{recipes}} ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
     )
     UPDATE jobs SET {_CLAIM_SET.format(lease="now() + make_interval(secs => :lease_seconds)", now="now()")}
     FROM next_job WHERE jobs.id = next_job.id
-    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params, jobs.checkpoint, jobs.sweep_id, jobs.trial
-""").bindparams(*_CLAIM_PARAMS_POSTGRES).columns(**_CLAIMED)
+    RETURNING jobs.id, jobs.attempts, jobs.name, jobs.params, jobs.checkpoint, jobs.sweep_id, jobs.trial, jobs.recipe
+"""
 
-_CLAIM_SQLITE = text(f"""
+_CLAIM_SQLITE = f"""
     UPDATE jobs SET {_CLAIM_SET.format(lease=":lease", now=":now")}
-    WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
-    RETURNING id, attempts, name, params, checkpoint, sweep_id, trial
-""").bindparams(*_CLAIM_PARAMS_SQLITE).columns(**_CLAIMED)
+    WHERE id = (SELECT id FROM jobs WHERE status = 'queued'{{recipes}} ORDER BY id LIMIT 1)
+    RETURNING id, attempts, name, params, checkpoint, sweep_id, trial, recipe
+"""
 
 
-def claim(engine: Engine, worker_id: str, lease_seconds: float, host: str | None = None) -> Claim | None:
-    """Take the oldest queued job for this worker, atomically, or None when the queue is empty."""
+@lru_cache(maxsize=4)
+def _claim_statement(postgres: bool, by_recipe: bool):
+    """The claim, for any recipe or only those in :recipes (the ones the worker has)."""
+    sql = (_CLAIM_POSTGRES if postgres else _CLAIM_SQLITE).format(recipes=" AND recipe IN :recipes" if by_recipe else "")
+    params = _CLAIM_PARAMS_POSTGRES if postgres else _CLAIM_PARAMS_SQLITE
+    if by_recipe:
+        params = (*params, bindparam("recipes", expanding=True))
+    return text(sql).bindparams(*params).columns(**_CLAIMED)
+
+
+def claim(
+    engine: Engine, worker_id: str, lease_seconds: float, host: str | None = None, recipes: Iterable[str] | None = None,
+) -> Claim | None:
+    """Take the oldest queued job for this worker, atomically, or None when the queue is empty.
+    With `recipes`, only a job of one of those (the worker's)."""
+    extra = {"recipes": sorted(recipes)} if recipes is not None else {}
+    statement = _claim_statement(not is_sqlite(engine), recipes is not None)
     if is_sqlite(engine):
         now = utcnow()
         values = {
             "worker_id": worker_id, "lease": now + timedelta(seconds=lease_seconds), "now": now, "empty": {}, "host": host,
         }
         with engine.connect().execution_options(sqlite_begin="IMMEDIATE") as connection:
-            row = connection.execute(_CLAIM_SQLITE, values).first()
+            row = connection.execute(statement, {**values, **extra}).first()
             connection.commit()
     else:
         values = {"worker_id": worker_id, "lease_seconds": lease_seconds, "empty": {}, "host": host}
         with engine.connect() as connection:
-            row = connection.execute(_CLAIM_POSTGRES, values).first()
+            row = connection.execute(statement, {**values, **extra}).first()
             connection.commit()
     if row is None:
         return None
     return Claim(
         job_id=row.id, attempt=row.attempts, worker_id=worker_id, name=row.name, params=row.params, checkpoint=row.checkpoint,
-        sweep_id=row.sweep_id, wandb_group=(row.trial or {}).get("group"),
+        sweep_id=row.sweep_id, wandb_group=(row.trial or {}).get("group"), recipe=row.recipe,
     )
 
 
@@ -550,6 +577,13 @@ def request_pause(engine: Engine, job_id: int) -> Job:
     queued = (Job.id == job_id) & (Job.status == JobStatus.QUEUED)
     running = (Job.id == job_id) & (Job.status == JobStatus.RUNNING) & ~Job.cancel_requested
     with write_session(engine) as session:
+        job = session.get(Job, job_id)
+        recipe = recipes.registry().recipes.get(job.recipe) if job is not None else None
+        if recipe is not None and not recipe.checkpoints and job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            raise JobStateConflict(job_id, job.status, "pause", why=(
+                f"job {job_id} is {job.status}; its recipe {recipe.name} does not checkpoint (run.checkpoint), "
+                "so it cannot pause and resume: cancel it instead"
+            ))
         changed = session.execute(update(Job).where(queued).values(status=JobStatus.PAUSED)).rowcount
         changed = changed or _flag_running(session, running, pause_requested=True)
         job = session.get(Job, job_id)
@@ -577,10 +611,15 @@ def retry(
     original = get_job(engine, job_id)
     if original.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobStateConflict(job_id, original.status, "retry")
-    params = JobCreate.model_validate({**original.params, "name": original.name})
+    recipe = recipes.registry().recipes.get(original.recipe)
+    if recipe is None:
+        raise JobStateConflict(job_id, original.status, "retry", why=(
+            f"job {job_id}'s recipe {original.recipe} is not installed where trainboard serves; cannot retry it"
+        ))
+    params = recipe.validate({**original.params, "name": original.name})
     return submit(
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
-        max_queued=max_queued, retry_of=job_id, owner=owner,
+        max_queued=max_queued, retry_of=job_id, owner=owner, recipe=recipe,
     )
 
 

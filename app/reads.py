@@ -20,11 +20,11 @@ from sqlalchemy import BigInteger, Engine, Select, func, literal, or_, select, t
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
 
-from app import charts, queue
+from app import charts, queue, recipes
 from app.db import is_sqlite, session_scope
 from app.models import (
-    FINISHED_STATUSES, Job, JobExample, JobLog, JobMetric, JobPublic, JobStatus, MetricPoint, WaitingReason, Worker,
-    WorkerPublic, as_utc, utcnow,
+    FINISHED_STATUSES, TUTORIAL_RECIPE, Job, JobExample, JobLog, JobMetric, JobPublic, JobStatus, MetricPoint, RecipePublic,
+    WaitingReason, Worker, WorkerPublic, as_utc, utcnow,
 )
 from app.settings import Settings
 
@@ -153,15 +153,21 @@ def training_speeds(engine: Engine, recent: int = 200) -> dict[str, dict[str, An
 
 @dataclass(frozen=True)
 class Capacity:
-    """The live workers' slots, and how many of them no running job holds."""
+    """The live workers' slots, how many of them no running job holds, and the recipes they have."""
 
     slots: int
     free: int
+    recipes: frozenset[str] = frozenset()
 
-    def waiting_reason(self, position: int) -> WaitingReason | None:
+    def waiting_reason(self, position: int, recipe: str = TUTORIAL_RECIPE) -> WaitingReason | None:
         """Why the job at this queue position waits, or None when a free slot will take it next."""
         if self.slots == 0:
             return WaitingReason(code="no_worker", message="no worker is alive; start one with `trainboard worker`")
+        if recipe not in self.recipes:
+            return WaitingReason(code="no_recipe", message=(
+                f"no live worker has the recipe {recipe}; install it on a worker host and restart that worker "
+                "(/workers lists each worker's recipes)"
+            ))
         if position <= self.free:
             return None
         slots = "the only worker slot is busy" if self.slots == 1 else f"all {self.slots} worker slots are busy"
@@ -181,7 +187,10 @@ def capacity(engine: Engine, lease_seconds: float, now: datetime) -> Capacity:
     with session_scope(engine) as session:
         busy = dict(session.execute(running).all())
     slots = sum(len(worker.slots) for worker in live)
-    return Capacity(slots, sum(max(0, len(worker.slots) - busy.get(worker.id, 0)) for worker in live))
+    return Capacity(
+        slots, sum(max(0, len(worker.slots) - busy.get(worker.id, 0)) for worker in live),
+        frozenset(name for worker in live for name in worker_recipes(worker)),
+    )
 
 
 def queue_positions(engine: Engine, job_ids: Iterable[int]) -> dict[int, int]:
@@ -203,7 +212,7 @@ def job_views(engine: Engine, jobs: Iterable[Job], lease_seconds: float) -> list
     positions = queue_positions(engine, [job.id for job in jobs if job.status == JobStatus.QUEUED])
     room = capacity(engine, lease_seconds, utcnow()) if positions else None
     return [
-        JobPublic.from_job(job, positions[job.id], room.waiting_reason(positions[job.id]))
+        JobPublic.from_job(job, positions[job.id], room.waiting_reason(positions[job.id], job.recipe))
         if job.id in positions else JobPublic.from_job(job)
         for job in jobs
     ]
@@ -514,6 +523,25 @@ def worker_views(engine: Engine, lease_seconds: float, now: datetime) -> list[Wo
             heartbeat_at=as_utc(worker.heartbeat_at),
             stopped_at=as_utc(worker.stopped_at),
             alive=queue.worker_alive(worker, lease_seconds, now),
+            recipes=worker_recipes(worker),
+            recipe_errors=worker.recipe_errors or {},
         )
         for worker in list_workers(engine)
+    ]
+
+
+def worker_recipes(worker: Worker) -> dict[str, str]:
+    """The recipes a worker can run; one registered before recipes existed runs the tutorial's."""
+    return worker.recipes if worker.recipes is not None else {recipes.TUTORIAL.name: recipes.TUTORIAL.version}
+
+
+def recipe_views(engine: Engine, lease_seconds: float, now: datetime) -> list[RecipePublic]:
+    """The recipes this process knows, each with the live workers that can run it."""
+    live = [worker for worker in list_workers(engine) if queue.worker_alive(worker, lease_seconds, now)]
+    return [
+        RecipePublic(
+            **recipe.summary(), schema=recipe.json_schema(),
+            workers=[worker.id for worker in live if name in worker_recipes(worker)],
+        )
+        for name, recipe in recipes.registry().recipes.items()
     ]

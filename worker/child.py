@@ -14,6 +14,7 @@ import signal
 import sys
 import traceback
 
+from app import recipes
 from app.lifetime import die_with_parent
 from app.settings import JobFiles
 from worker.protocol import CHECKPOINT_SIGNAL, ChildSpec, Failure
@@ -54,12 +55,14 @@ def main() -> int:
 
     # The slow part of a start (torch, torchvision, wandb: seconds on a CPU), before the job.
     from worker import memory, train
+    from worker.context import Run
     from worker.data import DataError
     from worker.nets import WeightsError
     from worker.tracking import warm_up
     from worker.train import DiskFull
 
     warm_up()
+    recipes.registry()  # the installed recipes' modules, imported before the job as well
 
     job = sys.stdin.buffer.read()
     if not job:
@@ -67,28 +70,26 @@ def main() -> int:
     spec = ChildSpec.model_validate_json(job)
     take_job(spec)
     reporter = PipeReporter.from_environment()
+    recipe = recipes.registry().get(spec.recipe)
     device = train.training_device(spec.params)
     memory.limit(spec.memory_ceiling, device.type)
+    run = Run(
+        recipe, spec.params, name=spec.name, files=JobFiles(spec.job_dir), data_dir=spec.data_dir, device=device,
+        reporter=reporter, checkpoint_request=checkpoint_request, resume_from=spec.resume_from,
+        wandb_group=spec.wandb_group, sweep_id=spec.sweep_id, cifar_verify=spec.cifar_verify,
+        max_histograms=spec.max_histograms,
+    )
     try:
-        train.run(
-            spec.params,
-            name=spec.name,
-            files=JobFiles(spec.job_dir),
-            data_dir=spec.data_dir,
-            cifar_verify=spec.cifar_verify,
-            reporter=reporter,
-            resume_from=spec.resume_from,
-            checkpoint_request=checkpoint_request,
-            wandb_group=spec.wandb_group,
-            sweep_id=spec.sweep_id,
-            max_histograms=spec.max_histograms,
-        )
+        returned = recipe.train_function()(spec.params, run)
+        run.finish(returned)
     except (DataError, WeightsError, DiskFull, memory.OutOfMemory) as exc:
         traceback.print_exc()
+        run.fail()
         reporter.report(Failure(reason=str(exc)))
         return 1
     except Exception as exc:
         traceback.print_exc()
+        run.fail()
         out_of_memory = memory.is_out_of_memory(exc)
         reporter.report(Failure(reason=memory.out_of_memory_reason(str(device)) if out_of_memory else one_line(exc)))
         return 1

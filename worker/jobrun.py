@@ -29,11 +29,12 @@ from queue import Empty, Queue
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ByteSize, ValidationError
+from pydantic import BaseModel, ByteSize, ValidationError
 from sqlalchemy import Engine
 
-from app import queue, sweeps
-from app.models import JobCreate, JobStatus
+from app import queue, recipes, sweeps
+from app.models import JobStatus
+from app.recipes import RECIPES_ENV
 from app.settings import JobFiles, Settings, wandb_environment
 from app.store import StoreError, StoreMisconfigured, StoreUnavailable
 from worker.child import OUTPUT_FD_ENV, PARENT_PID_ENV
@@ -71,6 +72,7 @@ CHILD_ENVIRONMENT_NAMES = frozenset({
     "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    RECIPES_ENV,
 })
 CHILD_ENVIRONMENT_PREFIXES = ("LC_", "XDG_", "PYTHON", "CUDA", "NVIDIA_", "NCCL_", "CUBLAS", "CUDNN", "TORCH", "WANDB_")
 
@@ -111,7 +113,7 @@ def slot_environment(settings: Settings, slot: "Slot") -> dict[str, str]:
     return env
 
 
-def job_environment(params: JobCreate) -> dict[str, str]:
+def job_environment(params: BaseModel) -> dict[str, str]:
     """What a job adds to the slot's environment: W&B's API key, unless the job runs offline or disabled."""
     job = wandb_environment(child_environment(os.environ), params.wandb_mode)
     started_with = wandb_environment(job, "disabled")
@@ -121,9 +123,10 @@ def job_environment(params: JobCreate) -> dict[str, str]:
 def child_spec(
     settings: Settings, slot: "Slot", claim: queue.Claim, files: JobFiles, resume_from: Path | None,
 ) -> ChildSpec:
-    params = JobCreate.model_validate(claim.params)
+    params = recipes.registry().get(claim.recipe).validate(claim.params)
     return ChildSpec(
         name=claim.name,
+        recipe=claim.recipe,
         params=params,
         job_dir=files.root.resolve(),
         data_dir=settings.data_dir.resolve(),

@@ -18,9 +18,10 @@ import signal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationInfo, field_validator
 
-from app.models import JobCreate
+from app import recipes
+from app.models import TUTORIAL_RECIPE
 
 
 CHECKPOINT_SIGNAL = signal.SIGUSR1
@@ -34,7 +35,9 @@ class ChildSpec(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    params: JobCreate
+    # The recipe it trains, and its job fields as that recipe's model (app/recipes.py).
+    recipe: str = TUTORIAL_RECIPE
+    params: SerializeAsAny[BaseModel]
     job_dir: Path
     data_dir: Path
     cifar_verify: bool
@@ -48,6 +51,20 @@ class ChildSpec(BaseModel):
     memory_ceiling: int | None = None
     max_histograms: int | None = None
     environment: dict[str, str] = {}
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def typed(cls, params: Any, info: ValidationInfo) -> BaseModel:
+        """Parameters from JSON become the recipe's job model again."""
+        if isinstance(params, BaseModel):
+            return params
+        return recipes.registry().get(info.data.get("recipe", TUTORIAL_RECIPE)).validate(params)
+
+
+def progress_at(epoch: int, batch: int, epochs: int, batches: int) -> dict[str, Any]:
+    """The job's progress as Progress carries it: `epoch` epochs finished and `batch` of `batches`
+    batches into the next; batch == batches is also an epoch's end, which `epoch` already counts."""
+    return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
 
 
 # A diverged run's NaN or infinite loss is written as null: JSON, and PostgreSQL's JSON type, have no NaN.

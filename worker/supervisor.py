@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ByteSize
 from sqlalchemy import Engine
 
-from app import queue, sweeps
+from app import queue, recipes, sweeps
 from app.models import Worker
 from app.settings import Settings
 from worker import memory
@@ -69,10 +69,14 @@ class Supervisor:
     # ---- Lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> None:
+        found = recipes.registry()
         queue.register_worker(self.engine, Worker(
             id=self.worker_id, host=self.settings.host_name, pid=os.getpid(), store=self.settings.store.public_url,
-            slots=[s.public(self.nvml) for s in self.slots],
+            slots=[s.public(self.nvml) for s in self.slots], recipes=found.versions(), recipe_errors=found.errors,
         ))
+        log.info("worker %s runs the recipes %s", self.worker_id, ", ".join(f"{n} {v}" for n, v in found.versions().items()))
+        for source, error in found.errors.items():
+            log.error("recipe not loaded from %s: %s (see /workers)", source, error)
         log.info("worker %s started with %d slot(s): %s; a training on the CPU may use %s (TRAINBOARD_JOB_MEMORY)",
                  self.worker_id, len(self.slots), ", ".join(s.device for s in self.slots),
                  ByteSize(self.slots[0].memory_ceiling).human_readable())
@@ -114,7 +118,10 @@ class Supervisor:
                 self._advance_sweeps()
                 try:
                     claim = with_retries(
-                        lambda: queue.claim(self.engine, self.worker_id, self.settings.lease_seconds, self.settings.host_name),
+                        lambda: queue.claim(
+                            self.engine, self.worker_id, self.settings.lease_seconds, self.settings.host_name,
+                            recipes=list(recipes.registry().recipes),
+                        ),
                         self.settings.lease_seconds,
                     )
                 except DatabaseUnavailable:

@@ -15,7 +15,10 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from pydantic import BaseModel
+
 from app.models import JobCreate
+from app.recipes import TUTORIAL, Recipe
 from worker.protocol import WandbStarted
 from worker.reporter import Reporter, first_line
 
@@ -73,12 +76,13 @@ class Tracker:
 
     @classmethod
     def start(
-        cls, params: JobCreate, *, name: str, job_dir: Path, reporter: Reporter, run_id: str | None = None,
-        group: str | None = None, sweep_id: int | None = None,
+        cls, params: BaseModel, *, name: str, job_dir: Path, reporter: Reporter, run_id: str | None = None,
+        group: str | None = None, sweep_id: int | None = None, recipe: Recipe = TUTORIAL,
     ) -> "Tracker":
         """A new run, or with `run_id` (a resumed attempt's) the same run continued: online W&B
         appends to its history, offline starts a new folder under the same id. A sweep's trial
-        joins the sweep's `group`, with the sweep's id in its config."""
+        joins the sweep's `group`, with the sweep's id in its config. `params` are the recipe's
+        job model's; its metrics are logged per epoch, its step points per "batch"."""
         mode = resolve_mode(params.wandb_mode)
         if mode == "disabled":
             reporter.report(WandbStarted(mode=mode))
@@ -91,7 +95,11 @@ class Tracker:
             "project": params.wandb_project,
             "entity": params.wandb_entity,
             "name": name,
-            "config": {**params.model_dump(mode="json"), **({"sweep_id": sweep_id} if sweep_id is not None else {})},
+            "config": {
+                **params.model_dump(mode="json"),
+                **({"recipe": recipe.name, "recipe_version": recipe.version} if recipe is not TUTORIAL else {}),
+                **({"sweep_id": sweep_id} if sweep_id is not None else {}),
+            },
             "group": group,
             "tags": params.tags or None,
             "dir": str(job_dir),
@@ -111,7 +119,8 @@ class Tracker:
         run.define_metric("batch")
         run.define_metric("Train Loss", step_metric="batch")
         run.define_metric("epoch")
-        for metric in ("Test Accuracy", "Test Loss", "Examples"):
+        per_epoch = [metric.logged_as for metric in recipe.metrics if metric.logged_as != "Train Loss"]
+        for metric in (*per_epoch, "Examples"):
             run.define_metric(metric, step_metric="epoch")
         reporter.report(WandbStarted(
             mode=mode,

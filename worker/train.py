@@ -45,21 +45,25 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import BaseModel
 
 from app.models import JobCreate
 from app.settings import JobFiles
 from worker import memory
 from worker.data import ImageSet, load
 from worker.nets import build_model, skip_padding_taps
-from worker.protocol import CheckpointSaved, Example, Examples, Progress, Result
+from worker.protocol import CheckpointSaved, Example, Examples, Progress, Result, progress_at
 from worker.reporter import CheckpointRequest, Reporter
 from worker.tracking import Tracker
+
+if TYPE_CHECKING:
+    from worker.context import Run
 
 MAX_EXAMPLES = 64
 # The most test images evaluated at once, whatever test_batch_size says: evaluation memory grows
@@ -76,7 +80,8 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def training_device(params: JobCreate) -> torch.device:
+def training_device(params: BaseModel) -> torch.device:
+    """The slot's GPU for a job that asks for it (use_cuda, a field every recipe's jobs have), else the CPU."""
     return torch.device("cuda:0" if params.use_cuda and torch.cuda.is_available() else "cpu")
 
 
@@ -86,6 +91,24 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
         native_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         return torch.bfloat16 if native_bf16 else torch.float32
     return PRECISIONS[requested]
+
+
+def train(params: JobCreate, context: "Run") -> None:
+    """The tutorial as the recipe cifar10-resnet18 (app/recipes.py): the run context's job, folders,
+    events and requests, with the tutorial's own W&B logging and mid-epoch checkpoints."""
+    run(
+        params,
+        name=context.name,
+        files=context.files,
+        data_dir=context.data_dir,
+        cifar_verify=context.cifar_verify,
+        reporter=context,
+        resume_from=context.resume_from,
+        checkpoint_request=context.checkpoint_request,
+        wandb_group=context.wandb_group,
+        sweep_id=context.sweep_id,
+        max_histograms=context.max_histograms,
+    )
 
 
 def run(
@@ -209,12 +232,6 @@ def run(
     tracker.finish()
     if not stopped:
         reporter.report(Result(metrics=metrics, artifacts=[{"name": model_path.name, "size": model_path.stat().st_size}]))
-
-
-def progress_at(epoch: int, batch: int, epochs: int, batches: int) -> dict[str, Any]:
-    """The job's progress: `epoch` epochs finished and `batch` of `batches` batches into the next;
-    batch == batches is also an epoch's end, which `epoch` already counts."""
-    return {"epoch": epoch, "epochs": epochs, "batch": batch, "batches": batches}
 
 
 # ---------------------------------------------------------------------------------------------
