@@ -1,7 +1,7 @@
-"""The new-job form, generated from JobCreate's schema so the bounds, labels, sections and help
-texts have one source: its fields in their sections, the presets it offers, and the conversion
-between form strings and job input; and the job page's form that edits a job's name, tags and
-notes.
+"""The new-job form, generated from the recipe's job model (the tutorial's is JobCreate) so the
+bounds, labels, sections and help texts have one source: its fields in their sections, the
+presets it offers, and the conversion between form strings and job input; and the job page's
+form that edits a job's name, tags and notes.
 
 `trainboard submit` reads the same fields for its --help and splits tags as the forms do."""
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.models import FIELD_GROUPS, Job, JobCreate
+from app.models import FIELD_GROUPS, Job
+from app.recipes import COMMON_FIELDS, TUTORIAL, Recipe
 
 # A preset sets many fields at once, and fields given explicitly win over it; the form sends every
 # field, so it offers presets as starting points (the form refilled with a preset's values) rather
@@ -38,25 +39,35 @@ def _bounds(option: dict[str, Any]) -> str:
 
 
 @lru_cache
-def form_presets() -> dict[str, dict[str, str]]:
-    """{preset: the form's values under it}, from JobCreate itself; empty without presets."""
-    spec = JobCreate.model_json_schema()["properties"].get(PRESET_FIELD)
+def form_presets(recipe: Recipe = TUTORIAL) -> dict[str, dict[str, str]]:
+    """{preset: the form's values under it}, from the job model itself; empty without presets."""
+    spec = recipe.json_schema()["properties"].get(PRESET_FIELD)
     if spec is None:
         return {}
     return {
-        name: form_values(JobCreate.model_validate({PRESET_FIELD: name}).model_dump(mode="json"))
+        name: form_values(recipe.validate({PRESET_FIELD: name}).model_dump(mode="json"), recipe)
         for name in spec.get("enum", [])
     }
 
 
-def preset_help() -> str:
-    field = JobCreate.model_fields.get(PRESET_FIELD)
+def preset_help(recipe: Recipe = TUTORIAL) -> str:
+    field = recipe.job_model.model_fields.get(PRESET_FIELD)
     return field.description if field is not None else ""
 
 
+def _headings(recipe: Recipe) -> dict[str, str]:
+    """The form's sections: the tutorial's own, or a lab recipe's fields first under its title,
+    then the fields every job has."""
+    if recipe is TUTORIAL:
+        return FIELD_GROUPS
+    return {"recipe": recipe.title, "tutorial": "Job", "wandb": FIELD_GROUPS["wandb"], ADVANCED_GROUP: FIELD_GROUPS[ADVANCED_GROUP]}
+
+
 @lru_cache
-def form_fields() -> list[dict[str, Any]]:
-    schema = JobCreate.model_json_schema()
+def form_fields(recipe: Recipe = TUTORIAL) -> list[dict[str, Any]]:
+    schema = recipe.json_schema()
+    # A field that names no section: the tutorial's go to Advanced, a lab recipe's to its own.
+    own_group = ADVANCED_GROUP if recipe is TUTORIAL else "recipe"
     fields = []
     for name, spec in schema["properties"].items():
         if name == PRESET_FIELD:
@@ -66,7 +77,7 @@ def form_fields() -> list[dict[str, Any]]:
         field = {
             "name": name,
             "label": spec.get("title", name),
-            "group": spec.get("x-group", ADVANCED_GROUP),
+            "group": spec.get("x-group", ADVANCED_GROUP if name in COMMON_FIELDS else own_group),
             "help": spec.get("description", ""),
             "default": spec.get("default"),
             "optional": len(options) < len(spec.get("anyOf", [spec])) or "default" not in spec,
@@ -93,23 +104,24 @@ def form_fields() -> list[dict[str, Any]]:
 
 
 @lru_cache
-def form_groups() -> list[dict[str, Any]]:
+def form_groups(recipe: Recipe = TUTORIAL) -> list[dict[str, Any]]:
     """The form's sections in order, each with its heading and fields; Advanced starts folded."""
-    return [
+    groups = [
         {
             "name": name,
             "heading": heading,
             "collapsed": name == ADVANCED_GROUP,
-            "fields": [field for field in form_fields() if field["group"] == name],
+            "fields": [field for field in form_fields(recipe) if field["group"] == name],
         }
-        for name, heading in FIELD_GROUPS.items()
+        for name, heading in _headings(recipe).items()
     ]
+    return [group for group in groups if group["fields"]] if recipe is not TUTORIAL else groups
 
 
-def form_values(params: dict[str, Any]) -> dict[str, str]:
+def form_values(params: dict[str, Any], recipe: Recipe = TUTORIAL) -> dict[str, str]:
     """Job parameters as the form's strings."""
     values = {PRESET_FIELD: str(params.get(PRESET_FIELD) or "")}
-    for field in form_fields():
+    for field in form_fields(recipe):
         value = params.get(field["name"], field["default"])
         if field["kind"] == "tags":
             values[field["name"]] = ", ".join(value or [])
@@ -120,21 +132,21 @@ def form_values(params: dict[str, Any]) -> dict[str, str]:
     return values
 
 
-def default_values() -> dict[str, str]:
-    return form_values(JobCreate().model_dump(mode="json"))
+def default_values(recipe: Recipe = TUTORIAL) -> dict[str, str]:
+    return form_values(recipe.validate({}).model_dump(mode="json"), recipe)
 
 
-def submitted_values(form: dict[str, str]) -> dict[str, str]:
+def submitted_values(form: dict[str, str], recipe: Recipe = TUTORIAL) -> dict[str, str]:
     """What was typed, field by field, to show again beside its errors."""
-    return {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields())]}
+    return {name: form.get(name, "") for name in [PRESET_FIELD, *(field["name"] for field in form_fields(recipe))]}
 
 
-def parse_form(form: dict[str, str]) -> dict[str, Any]:
-    """Form strings to JobCreate input: empty means default, unchecked boxes are false."""
+def parse_form(form: dict[str, str], recipe: Recipe = TUTORIAL) -> dict[str, Any]:
+    """Form strings to the recipe's job input: empty means default, unchecked boxes are false."""
     params: dict[str, Any] = {}
     if form.get(PRESET_FIELD, "").strip():
         params[PRESET_FIELD] = form[PRESET_FIELD].strip()
-    for field in form_fields():
+    for field in form_fields(recipe):
         raw = form.get(field["name"], "").strip()
         if field["kind"] == "checkbox":
             params[field["name"]] = bool(raw)

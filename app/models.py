@@ -710,6 +710,7 @@ class SweepSummary(BaseModel):
     owner: str
     status: str = Field(description="running, finished, cancelled or failed")
     reason: str | None = Field(description="Why a sweep stopped early (failed trials in a row), or was cancelled")
+    recipe: str = Field(default=TUTORIAL_RECIPE, description="The recipe its trials train")
     method: str
     metric: str
     goal: str

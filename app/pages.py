@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from starlette.datastructures import FormData, UploadFile
 
-from app import charts, forms, queue, reads, sweeps, users
+from app import charts, forms, queue, reads, recipes, sweeps, users
 from app.deps import (
     MAX_JOB_ID, CurrentUser, EngineDep, JobId, JobToCancel, JobToDelete, JobToEdit, JobToPause, JobToResume, JobToRetry, PageRoute, SettingsDep,
     SweepId, sweep_document, validated_sweep,
@@ -27,7 +27,7 @@ from app.deps import (
 from app.formatting import loss, param_value, percent, progress_view
 from app.inputs import whole_number
 from app.models import (
-    ACTIVE_STATUSES, FINISHED_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobCreate, JobPublic, JobStatus, JobUpdate, Sweep,
+    ACTIVE_STATUSES, FINISHED_STATUSES, MAX_NOTES, STATUSES, TRAIN_IMAGES, Job, JobPublic, JobStatus, JobUpdate, Sweep,
     SweepStatus, SweepSummary, UserName, utcnow,
 )
 from app.settings import Settings
@@ -61,15 +61,18 @@ def _render_form(
     clone_of: Job | None = None,
     missing_clone: int | None = None,
     refusal: str | None = None,
+    recipe: recipes.Recipe = recipes.TUTORIAL,
 ) -> HTMLResponse:
     context = {
         "refusal": refusal,
-        "groups": forms.form_groups(),
+        "recipe": recipe,
+        "recipes": list(recipes.registry().recipes.values()),
+        "groups": forms.form_groups(recipe),
         # The summary under the form works out a run's size and time from these as values change.
         "train_images": TRAIN_IMAGES,
         "speeds": reads.training_speeds(engine),
-        "presets": forms.form_presets(),
-        "preset_help": forms.preset_help(),
+        "presets": forms.form_presets(recipe),
+        "preset_help": forms.preset_help(recipe),
         "values": values,
         "errors": errors,
         "clone_of": clone_of,
@@ -84,32 +87,53 @@ def new_job_form(
     engine: EngineDep,
     clone: Annotated[int | None, Query(ge=1, le=MAX_JOB_ID)] = None,
     preset: Annotated[str | None, Query(max_length=64)] = None,
+    recipe_name: Annotated[str | None, Query(alias="recipe", max_length=64)] = None,
 ) -> HTMLResponse:
     if clone is None:
-        return _render_form(request, engine, forms.form_presets().get(preset or "") or forms.default_values(), {})
+        try:
+            recipe = recipes.registry().get(recipe_name or recipes.TUTORIAL.name)
+        except recipes.UnknownRecipe as exc:
+            return _render_form(request, engine, forms.default_values(), {}, status.HTTP_404_NOT_FOUND, refusal=str(exc))
+        values = forms.form_presets(recipe).get(preset or "") or forms.default_values(recipe)
+        return _render_form(request, engine, values, {}, recipe=recipe)
     try:
         original = queue.get_job(engine, clone)
     except queue.JobNotFound:
         return _render_form(request, engine, forms.default_values(), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
+    recipe = recipes.registry().recipes.get(original.recipe)
+    if recipe is None:
+        return _render_form(request, engine, forms.default_values(), {}, status.HTTP_409_CONFLICT, refusal=(
+            f"job {clone}'s recipe {original.recipe} is not installed where trainboard serves; cannot clone it"
+        ))
     # The clone gets a name of its own; two runs with one name are confusing in W&B.
-    return _render_form(request, engine, forms.form_values({**original.params, "name": None}), {}, clone_of=original)
+    values = forms.form_values({**original.params, "name": None}, recipe)
+    return _render_form(request, engine, values, {}, clone_of=original, recipe=recipe)
 
 
 @router.post("/jobs/new", response_class=HTMLResponse)
 async def submit_job_form(request: Request, engine: EngineDep, settings: SettingsDep, user: CurrentUser):
     form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
     try:
-        params = JobCreate.model_validate(forms.parse_form(form))
+        recipe = recipes.registry().get(form.get("recipe") or recipes.TUTORIAL.name)
+    except recipes.UnknownRecipe as exc:
+        return _render_form(request, engine, forms.default_values(), {}, status.HTTP_422_UNPROCESSABLE_CONTENT, refusal=str(exc))
+    try:
+        params = recipe.validate(forms.parse_form(form, recipe))
     except ValidationError as exc:
         errors = forms.field_errors(exc)
-        return _render_form(request, engine, forms.submitted_values(form), errors, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return _render_form(
+            request, engine, forms.submitted_values(form, recipe), errors, status.HTTP_422_UNPROCESSABLE_CONTENT, recipe=recipe,
+        )
     try:
         job = queue.submit(
             engine, params, default_wandb_mode=settings.wandb_mode,
-            max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name,
+            max_attempts=settings.max_attempts, max_queued=settings.max_queued, owner=user.name, recipe=recipe,
         )
     except queue.QueueFull as exc:
-        return _render_form(request, engine, forms.submitted_values(form), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc))
+        return _render_form(
+            request, engine, forms.submitted_values(form, recipe), {}, status.HTTP_429_TOO_MANY_REQUESTS, refusal=str(exc),
+            recipe=recipe,
+        )
     return RedirectResponse(f"/jobs/{job.id}", status_code=status.HTTP_303_SEE_OTHER)
 
 
@@ -341,7 +365,8 @@ def _parse_ids(raw: list[str]) -> tuple[list[int], str | None]:
 
 def _compare_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
     names = list(dict.fromkeys(key for job in jobs for key in job.params))
-    rows = []
+    trained = [f"{job.recipe} {job.recipe_version or ''}".strip() for job in jobs]
+    rows = [{"name": "recipe", "values": trained, "differs": len(set(trained)) > 1}]
     for name in names:
         values = [param_value(job.params.get(name)) for job in jobs]
         if name != "name":
@@ -351,12 +376,18 @@ def _compare_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
 
 def _final_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
     rows = []
-    for key, label, fmt, best in (
+    finals = [
         ("test_accuracy", "Test Accuracy", percent, max),
         ("test_loss", "Test Loss", loss, min),
         ("train_loss", "Train loss", loss, min),
         ("train_images_per_second", "Train images/s", lambda v: f"{v:,.0f}", max),
-    ):
+    ]
+    # Other recipes' metrics, as they declare them.
+    known = recipes.registry().recipes
+    for metric in (m for name in dict.fromkeys(job.recipe for job in jobs) if name in known for m in known[name].metrics):
+        if metric.name not in [key for key, *_ in finals]:
+            finals.append((metric.name, metric.logged_as, lambda v: f"{v:.4g}", max if metric.goal == "maximize" else min))
+    for key, label, fmt, best in finals:
         numbers = [job.metrics.get(key) for job in jobs]
         present = [n for n in numbers if isinstance(n, int | float)]
         winner = best(present) if len(present) > 1 else None

@@ -17,15 +17,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
+from app import recipes
 from app.inputs import REFUSE_CONTROL
-from app.models import JobCreate, JobName, Notes
+from app.models import TUTORIAL_RECIPE, JobName, Notes
+from app.recipes import Recipe
 
-# The metrics a sweep may optimise: the job's, by their names in the job's metrics or in W&B.
-METRICS: dict[str, str] = {
-    "test_accuracy": "test_accuracy", "Test Accuracy": "test_accuracy",
-    "test_loss": "test_loss", "Test Loss": "test_loss",
-    "train_loss": "train_loss", "Train Loss": "train_loss",
-}
 MAX_RUN_CAP = 1000
 MAX_PARALLEL = 64
 MAX_GRID = 10_000
@@ -119,6 +115,9 @@ class SweepConfig(BaseModel):
     early_terminate: SweepEarlyTerminate | None = None
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="Seeds the sampler (default: drawn once, then stored)")
     parallel: int = Field(default=DEFAULT_PARALLEL, ge=1, le=MAX_PARALLEL, description="Most trials queued or running at once")
+    recipe: str = Field(
+        default=TUTORIAL_RECIPE, max_length=64, description="The recipe its trials train; `parameters` are its job fields",
+    )
     program: Text | None = None
     command: list[Text] | None = Field(default=None, max_length=64)
     project: Text | None = None
@@ -154,6 +153,7 @@ class Dimension:
 @dataclass(frozen=True)
 class SweepPlan:
     config: SweepConfig
+    recipe: Recipe
     metric: str  # the job metric's key
     goal: Literal["maximize", "minimize"]
     fixed: dict[str, Any]  # job fields every trial has (constants, project, entity)
@@ -207,9 +207,13 @@ def plan(data: Any) -> SweepPlan:
         raise SweepConfigError([
             {"type": e["type"], "loc": e["loc"], "msg": e["msg"], "input": e.get("input")} for e in exc.errors()
         ]) from None
+    try:
+        recipe = recipes.registry().get(config.recipe)
+    except recipes.UnknownRecipe as exc:
+        raise SweepConfigError([_error(("recipe",), str(exc), config.recipe)]) from None
     errors: list[dict[str, Any]] = []
-    metric = _metric(config, errors)
-    fixed, dimensions = _search_space(config, errors)
+    metric = _metric(config, recipe, errors)
+    fixed, dimensions = _search_space(config, _Fields(recipe.job_model), errors)
     run_cap = config.run_cap
     if config.method == "grid" and not errors:
         size = math.prod(len(d.choices) for d in dimensions) if dimensions else 1
@@ -221,70 +225,82 @@ def plan(data: Any) -> SweepPlan:
     if errors:
         raise SweepConfigError(errors)
     goal = config.metric.goal if config.metric else "maximize"
-    return SweepPlan(config, metric, goal, fixed, tuple(dimensions), run_cap)
+    return SweepPlan(config, recipe, metric, goal, fixed, tuple(dimensions), run_cap)
 
 
-def _metric(config: SweepConfig, errors: list[dict[str, Any]]) -> str:
+def _metric(config: SweepConfig, recipe: Recipe, errors: list[dict[str, Any]]) -> str:
+    """The key of the recipe's metric the config names (by key or W&B name)."""
+    first = recipe.metrics[0].name
     if config.metric is None:
         if config.method == "bayes" or config.early_terminate:
             errors.append(_error(("metric",), "bayes and early_terminate need a metric: {name, goal}"))
-        return "test_accuracy"
-    if config.metric.name not in METRICS:
+        return first
+    metric = recipe.metric(config.metric.name)
+    if metric is None:
+        names = [name for m in recipe.metrics for name in dict.fromkeys((m.name, m.logged_as))]
         errors.append(_error(
-            ("metric", "name"), f"`{config.metric.name}` is not a job metric; one of: {', '.join(METRICS)}", config.metric.name,
+            ("metric", "name"), f"`{config.metric.name}` is not a job metric of {recipe.name}; one of: {', '.join(names)}",
+            config.metric.name,
         ))
-        return "test_accuracy"
-    return METRICS[config.metric.name]
+        return first
+    return metric.name
+
+
+class _Fields:
+    """A recipe's job fields as a sweep varies them: their JSON types and bounds, and whether a value is one they take."""
+
+    def __init__(self, model: type[BaseModel]):
+        self.model = model
+        self.schemas = _field_schemas(model)
+        self.names = [name for name in model.model_fields if name not in NOT_SWEPT]
+
+    def kind(self, name: str) -> str:
+        """The JSON type of a job field: integer, number, boolean, string (None-able fields by their other type)."""
+        schema = self.schemas[name]
+        options = schema.get("anyOf", [schema])
+        types = [option.get("type") for option in options if option.get("type") not in (None, "null")]
+        return "enum" if any("enum" in option for option in options) else (types[0] if types else "any")
+
+    def bounds(self, name: str) -> tuple[float, float]:
+        schema = self.schemas[name]
+        options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
+        option = options[0] if options else schema
+        low = option.get("minimum", math.nextafter(option.get("exclusiveMinimum", -math.inf), math.inf))
+        high = option.get("maximum", math.nextafter(option.get("exclusiveMaximum", math.inf), -math.inf))
+        return low, high
+
+    def check(self, name: str, value: Any, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> bool:
+        """Whether the job field takes this value (its type and bounds); an error at `loc` if not."""
+        try:
+            self.model.model_validate({name: value})
+        except ValidationError as exc:
+            problems = [e for e in exc.errors() if e["loc"][:1] == (name,)]
+            if problems:
+                errors.append(_error(loc, f"{problems[0]['msg']} (for the job field `{name}`)", value))
+                return False
+        return True
 
 
 @cache
-def _field_schemas() -> dict[str, dict[str, Any]]:
-    return JobCreate.model_json_schema()["properties"]
+def _field_schemas(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
+    return model.model_json_schema()["properties"]
 
 
-def _field_type(name: str) -> str:
-    """The JSON type of a job field: integer, number, boolean, string (None-able fields by their other type)."""
-    schema = _field_schemas()[name]
-    options = schema.get("anyOf", [schema])
-    types = [option.get("type") for option in options if option.get("type") not in (None, "null")]
-    return "enum" if any("enum" in option for option in options) else (types[0] if types else "any")
-
-
-def _field_bounds(name: str) -> tuple[float, float]:
-    schema = _field_schemas()[name]
-    options = [o for o in schema.get("anyOf", [schema]) if o.get("type") != "null"]
-    option = options[0] if options else schema
-    low = option.get("minimum", math.nextafter(option.get("exclusiveMinimum", -math.inf), math.inf))
-    high = option.get("maximum", math.nextafter(option.get("exclusiveMaximum", math.inf), -math.inf))
-    return low, high
-
-
-def _check_value(name: str, value: Any, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> bool:
-    """Whether the job field takes this value (its type and bounds); an error at `loc` if not."""
-    try:
-        JobCreate.model_validate({name: value})
-    except ValidationError as exc:
-        problems = [e for e in exc.errors() if e["loc"][:1] == (name,)]
-        if problems:
-            errors.append(_error(loc, f"{problems[0]['msg']} (for the job field `{name}`)", value))
-            return False
-    return True
-
-
-def _search_space(config: SweepConfig, errors: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Dimension]]:
+def _search_space(config: SweepConfig, fields: _Fields, errors: list[dict[str, Any]]) -> tuple[dict[str, Any], list[Dimension]]:
     fixed: dict[str, Any] = {}
     for key, job_field in (("project", "wandb_project"), ("entity", "wandb_entity")):
         value = getattr(config, key)
-        if value is not None and _check_value(job_field, value, (key,), errors):
+        if value is not None and fields.check(job_field, value, (key,), errors):
             fixed[job_field] = value
     dimensions: list[Dimension] = []
-    fields = [name for name in JobCreate.model_fields if name not in NOT_SWEPT]
     for name, parameter in config.parameters.items():
         loc = ("parameters", name)
-        if name not in fields:
-            errors.append(_error(loc, f"`{name}` is not a job field that a sweep can vary; one of: {', '.join(fields)}", name))
+        if name not in fields.names:
+            errors.append(_error(
+                loc, f"`{name}` is not a job field that a sweep can vary; one of: {', '.join(fields.names)}", name,
+            ))
             continue
-        found = _dimension(name, parameter, config.method, loc, errors)
+        found = _dimension(fields, name, parameter, config.method, loc, errors)
         if isinstance(found, Dimension):
             dimensions.append(found)
         elif found is not None:
@@ -307,7 +323,7 @@ def _form(parameter: SweepParameter) -> str | None:
 
 
 def _dimension(
-    name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]],
+    fields: _Fields, name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]],
 ) -> Dimension | tuple[Any] | None:
     """The parameter as a Dimension, or (value,) for a constant; None after recording errors."""
     form = _form(parameter)
@@ -319,7 +335,7 @@ def _dimension(
         if "value" not in parameter.model_fields_set:
             errors.append(_error(loc + ("value",), "a constant needs value"))
             return None
-        return (parameter.value,) if _check_value(name, parameter.value, loc + ("value",), errors) else None
+        return (parameter.value,) if fields.check(name, parameter.value, loc + ("value",), errors) else None
     if form == "categorical":
         if parameter.values is None:
             errors.append(_error(loc + ("values",), "categorical needs values"))
@@ -328,19 +344,19 @@ def _dimension(
             if isinstance(value, (list, dict)):
                 errors.append(_error(loc + ("values", index), "values must be numbers, strings, booleans or null", value))
             else:
-                _check_value(name, value, loc + ("values", index), errors)
+                fields.check(name, value, loc + ("values", index), errors)
         if len(set(map(repr, parameter.values))) != len(parameter.values):
             errors.append(_error(loc + ("values",), "values repeat", parameter.values))
         if len(errors) > before:
             return None
-        return _categorical(name, parameter, method, loc, errors)
+        return _categorical(fields, name, parameter, method, loc, errors)
     if method == "grid" and form != "int_uniform":
         errors.append(_error(loc, f"grid needs values (or an int_uniform range), not a {form} distribution", form))
         return None
-    return _continuous(name, parameter, form, loc, errors)
+    return _continuous(fields, name, parameter, form, loc, errors)
 
 
-def _categorical(name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
+def _categorical(fields: _Fields, name: str, parameter: SweepParameter, method: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
     values = tuple(parameter.values)
     probabilities = parameter.probabilities
     if probabilities is None or method == "grid":
@@ -358,13 +374,13 @@ def _categorical(name: str, parameter: SweepParameter, method: str, loc: tuple[A
     return Dimension(name, "float", low=0.0, high=1.0, decode=pick)
 
 
-def _continuous(name: str, parameter: SweepParameter, form: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
-    kind = _field_type(name)
+def _continuous(fields: _Fields, name: str, parameter: SweepParameter, form: str, loc: tuple[Any, ...], errors: list[dict[str, Any]]) -> Dimension | None:
+    kind = fields.kind(name)
     if kind not in ("integer", "number"):
         errors.append(_error(loc + ("distribution",), f"`{name}` is not a number: give it values", form))
         return None
     as_field = (lambda value: int(round(value))) if kind == "integer" else float
-    low_bound, high_bound = _field_bounds(name)
+    low_bound, high_bound = fields.bounds(name)
     if form in ("normal", "log_normal"):
         if parameter.mu is None or parameter.sigma is None:
             errors.append(_error(loc, f"{form} needs mu and sigma"))
@@ -385,7 +401,7 @@ def _continuous(name: str, parameter: SweepParameter, form: str, loc: tuple[Any,
         errors.append(_error(loc + ("max",), f"max must be above min ({low})", high))
         return None
     for key, value in (("min", low), ("max", high)):
-        _check_value(name, as_field(value) if kind == "integer" else value, loc + (key,), errors)
+        fields.check(name, as_field(value) if kind == "integer" else value, loc + (key,), errors)
     if form.startswith("log") or form.startswith("q_log"):
         if low <= 0:
             errors.append(_error(loc + ("min",), f"{form} needs min above 0", low))

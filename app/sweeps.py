@@ -24,10 +24,10 @@ from pydantic import ValidationError
 from sqlalchemy import Engine, func, select, update
 from sqlmodel import Session, col
 
-from app import queue
+from app import queue, recipes
 from app.db import session_scope
 from app.models import (
-    ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobCreate, JobMetric, JobStatus, Sweep, SweepPublic, SweepStatus, SweepSummary,
+    ACTIVE_STATUSES, FINISHED_STATUSES, Job, JobMetric, JobStatus, Sweep, SweepPublic, SweepStatus, SweepSummary,
     SweepTrialPublic, as_utc, utcnow,
 )
 from app.settings import Settings
@@ -73,7 +73,8 @@ def create(engine: Engine, settings: Settings, sweep_plan: SweepPlan, config: di
     seed = sweep_plan.config.seed if sweep_plan.config.seed is not None else secrets.randbelow(2**32)
     with queue.write_session(engine) as session:
         sweep = Sweep(
-            name=sweep_plan.config.name or "", owner=owner, method=sweep_plan.config.method, metric=sweep_plan.metric,
+            name=sweep_plan.config.name or "", owner=owner, recipe=sweep_plan.recipe.name, method=sweep_plan.config.method,
+            metric=sweep_plan.metric,
             goal=sweep_plan.goal, run_cap=sweep_plan.run_cap, parallel=sweep_plan.config.parallel, seed=seed, config=config,
         )
         session.add(sweep)
@@ -178,16 +179,18 @@ def _add_trial(session: Session, settings: Settings, sweep: Sweep, sweep_plan: S
     columns: dict[str, Any] = {
         "sweep_id": sweep.id, "trial_number": number, "trial": {"params": sampled, "system_attrs": system_attrs, "group": sweep.name},
     }
+    recipe = sweep_plan.recipe
     try:
-        params = JobCreate.model_validate(fields)
+        params = recipe.validate(fields)
     except ValidationError as exc:
         # Fields a JSON schema checks one by one can still clash (nesterov without momentum): the
         # trial is recorded as failed, with the parameters drawn, so the count stays exact.
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        params = JobCreate.model_validate({"name": fields["name"]})
+        params = recipe.validate({"name": fields["name"]})
         columns.update(status=JobStatus.FAILED, error=f"the sampled parameters are not valid: {reason}"[:2000], finished_at=utcnow())
     job = queue.add_job(
-        session, params, default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts, owner=sweep.owner, **columns,
+        session, params, default_wandb_mode=settings.wandb_mode, max_attempts=settings.max_attempts, owner=sweep.owner,
+        recipe=recipe, **columns,
     )
     if job.status == JobStatus.FAILED:
         job.params = {**job.params, **fields}
@@ -221,11 +224,14 @@ def _retry_trial(engine: Engine, settings: Settings, job: Job, *, owner: str) ->
             raise SweepStateConflict(
                 f"sweep {sweep.id} already has {active} trials queued or running (parallel {sweep.parallel}); retry when one ends"
             )
-        params = JobCreate.model_validate({**job.params, "name": job.name})
+        recipe = recipes.registry().recipes.get(job.recipe)
+        if recipe is None:
+            raise SweepStateConflict(f"trial {job.trial_number}'s recipe {job.recipe} is not installed where trainboard serves")
+        params = recipe.validate({**job.params, "name": job.name})
         system_attrs = {key: value for key, value in (job.trial or {}).get("system_attrs", {}).items() if not key.startswith("completed_rung_")}
         new = queue.add_job(
             session, params, default_wandb_mode=job.params["wandb_mode"], max_attempts=settings.max_attempts, owner=owner,
-            retry_of=job.id, sweep_id=sweep.id, trial_number=job.trial_number, trial={**(job.trial or {}), "system_attrs": system_attrs},
+            recipe=recipe, retry_of=job.id, sweep_id=sweep.id, trial_number=job.trial_number, trial={**(job.trial or {}), "system_attrs": system_attrs},
         )
         if sweep.status != SweepStatus.RUNNING:
             sweep.status, sweep.reason, sweep.finished_at = SweepStatus.RUNNING, None, None
@@ -463,7 +469,8 @@ def _summary(session: Session, sweep: Sweep) -> tuple[SweepSummary, list[SweepTr
     scored = [trial for trial in trials if trial.value is not None and math.isfinite(trial.value)]
     best = (max if sweep.goal == "maximize" else min)(scored, key=lambda trial: trial.value) if scored else None
     summary = SweepSummary(
-        id=sweep.id, name=sweep.name, owner=sweep.owner, status=sweep.status, reason=sweep.reason, method=sweep.method,
+        id=sweep.id, name=sweep.name, owner=sweep.owner, status=sweep.status, reason=sweep.reason, recipe=sweep.recipe,
+        method=sweep.method,
         metric=sweep.metric, goal=sweep.goal, run_cap=sweep.run_cap, parallel=sweep.parallel, seed=sweep.seed,
         counts=counts, trials=len(jobs), best_job_id=best.id if best else None, best_value=best.value if best else None,
         best_params=best.params if best else None, created_at=as_utc(sweep.created_at), finished_at=as_utc(sweep.finished_at),
