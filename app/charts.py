@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 
 from app import formatting
 from app.models import JobStatus, SweepTrialPublic
+from app.recipes import TUTORIAL, Recipe
 
 WIDTH, HEIGHT = 640, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 12, 36
@@ -286,11 +287,27 @@ CATALOGUE = (
 )
 
 
-def draw_charts(labelled_points: list[tuple[str, dict[str, list[tuple]]]]) -> list[tuple[str, Markup]]:
-    """(caption, SVG) per chart of the catalogue, each series one job's points as app/reads.py's
-    metric_points gives them."""
+def catalogue(trained: Sequence[Recipe] = (TUTORIAL,)) -> list[tuple]:
+    """The charts of jobs of these recipes: the tutorial's CATALOGUE, or per epoch each metric a
+    recipe declares, then the train loss every log_interval batches."""
+    if all(recipe is TUTORIAL for recipe in trained):
+        return list(CATALOGUE)
+    charts = {}
+    for metric in (m for recipe in trained for m in recipe.metrics):
+        found = next((entry for entry in CATALOGUE if entry[2] == "epoch" and entry[3] == metric.name), None)
+        charts.setdefault(metric.name, found or (
+            f"{metric.name.replace('_', '-')}-chart", metric.logged_as, "epoch", metric.name, "epoch", lambda v: f"{v:.4g}",
+        ))
+    return [*charts.values(), CATALOGUE[-1]]
+
+
+def draw_charts(
+    labelled_points: list[tuple[str, dict[str, list[tuple]]]], trained: Sequence[Recipe] = (TUTORIAL,),
+) -> list[tuple[str, Markup]]:
+    """(caption, SVG) per chart of the jobs' recipes' catalogue, each series one job's points as
+    app/reads.py's metric_points gives them."""
     drawn = []
-    for chart_id, title, kind, value, x_label, value_format in CATALOGUE:
+    for chart_id, title, kind, value, x_label, value_format in catalogue(trained):
         if kind == "train":
             series = [Series(label, points["train"]) for label, points in labelled_points]
         else:

@@ -32,6 +32,7 @@ CLIENT_COMMANDS = {
     "download": "download a file a job produced (model.pth)",
     "sweep": "start a sweep from a W&B sweep config file (YAML or JSON)",
     "sweep-status": "show a sweep's progress, its best trial and its trials",
+    "recipes": "list the recipes jobs can train, or one recipe's job fields (submit recipe=NAME ...)",
 }
 CLIENT_EXIT_CODES = (
     "exit codes: 0 done (the job succeeded or its sweep pruned it, or it is still going), 1 the job failed or was "
@@ -161,8 +162,21 @@ def job_fields_help() -> str:
     preset = JobCreate.model_fields[PRESET_FIELD].default
     entries = [_field_help(PRESET_FIELD, preset, " | ".join(form_presets()), preset_help())]
     entries += [_field_help(field["name"], field["default"], _allowed(field), field["help"]) for field in form_fields()]
-    heading = "job fields (key=value, each optional; a preset sets several, and fields given win over it):"
+    heading = (
+        "job fields of the tutorial's recipe, cifar10-resnet18 (key=value, each optional; a preset sets several, and "
+        "fields given win over it); recipe=NAME trains another recipe, whose fields `trainboard recipes NAME` lists:"
+    )
     return "\n".join([heading, *entries])
+
+
+def recipe_fields_help(schema: dict[str, Any]) -> str:
+    """A recipe's job fields (its JSON schema from GET /recipes) as `trainboard submit` takes them."""
+    from app.forms import schema_fields
+
+    return "\n".join(
+        _field_help(field["name"], field["default"], _allowed(field), field["help"])
+        for field in schema_fields(schema) if field["name"] != "recipe"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -202,9 +216,11 @@ def main(argv: list[str] | None = None) -> None:
             command.add_argument("config", metavar="FILE", help="the sweep config, as W&B writes it (sweep.yaml), or JSON")
         elif name == "sweep-status":
             command.add_argument("sweep_id", type=int)
+        elif name == "recipes":
+            command.add_argument("recipe", nargs="?", metavar="NAME", help="one recipe: its job fields, defaults and bounds")
         else:
             command.add_argument("job_id", type=int)
-        if name in ("status", "list", "sweep-status"):
+        if name in ("status", "list", "sweep-status", "recipes"):
             command.add_argument("--json", action="store_true", help="print the API's JSON")
         elif name == "logs":
             command.add_argument("-f", "--follow", action="store_true", help="print new output until the job ends; exit 1 unless it succeeded (or its sweep pruned it)")

@@ -99,6 +99,9 @@ class Client:
         content_type = "application/yaml" if yaml else "application/json"
         return self._request("POST", "/sweeps", content=config.encode("utf-8"), headers={"Content-Type": content_type})
 
+    def recipes(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/recipes")
+
     def sweep(self, sweep_id: int) -> dict[str, Any]:
         return self._request("GET", f"/sweeps/{sweep_id}")
 
@@ -475,6 +478,30 @@ def _sweep_status(client: Client, args, out: TextIO) -> int:
     return 0 if sweep["status"] == SweepStatus.RUNNING or _found_a_best(sweep) else 1
 
 
+def _recipes(client: Client, args, out: TextIO) -> int:
+    found = client.recipes()
+    if args.recipe is not None:
+        found = [recipe for recipe in found if recipe["name"] == args.recipe]
+        if not found:
+            print(f"trainboard: no recipe {args.recipe}; `trainboard recipes` lists them", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(found if args.recipe is None else found[0], indent=2), file=out)
+        return 0
+    for recipe in found:
+        workers = len(recipe["workers"])
+        metrics = ", ".join(f"{m['name']} ({m['goal']})" for m in recipe["metrics"])
+        print(f"{recipe['name']} {recipe['version']}: {recipe['title']}", file=out)
+        print(f"  metrics {metrics}; {'resumes and pauses' if recipe['checkpoints'] else 'does not checkpoint'}; "
+              f"{workers} live worker{'' if workers == 1 else 's'} can run it", file=out)
+        if args.recipe is not None:
+            from app.cli import recipe_fields_help
+
+            print(f"  {recipe['description']}\njob fields (trainboard submit recipe={recipe['name']} key=value ...):", file=out)
+            print(recipe_fields_help(recipe["schema"]), file=out)
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
     "submit": _submit,
     "status": _status,
@@ -487,6 +514,7 @@ COMMANDS: dict[str, Callable[[Client, Any, TextIO], int]] = {
     "download": _download,
     "sweep": _sweep,
     "sweep-status": _sweep_status,
+    "recipes": _recipes,
 }
 
 

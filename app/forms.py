@@ -65,9 +65,13 @@ def _headings(recipe: Recipe) -> dict[str, str]:
 
 @lru_cache
 def form_fields(recipe: Recipe = TUTORIAL) -> list[dict[str, Any]]:
-    schema = recipe.json_schema()
     # A field that names no section: the tutorial's go to Advanced, a lab recipe's to its own.
-    own_group = ADVANCED_GROUP if recipe is TUTORIAL else "recipe"
+    return schema_fields(recipe.json_schema(), ADVANCED_GROUP if recipe is TUTORIAL else "recipe")
+
+
+def schema_fields(schema: dict[str, Any], own_group: str = "recipe") -> list[dict[str, Any]]:
+    """A job model's JSON schema (GET /recipes gives each recipe's) as form fields: name, label,
+    section, help, default, kind and bounds."""
     fields = []
     for name, spec in schema["properties"].items():
         if name == PRESET_FIELD:

@@ -541,7 +541,7 @@ class PrunedPublic(BaseModel):
 
 # Why a queued job is not about to start.
 class WaitingReason(BaseModel):
-    code: Literal["no_worker", "all_busy"]
+    code: Literal["no_worker", "no_recipe", "all_busy"]
     message: str
 
 

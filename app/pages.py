@@ -255,6 +255,7 @@ def _job_context(
 ) -> dict[str, Any]:
     [public] = reads.job_views(engine, [job], settings.lease_seconds)
     points = reads.metric_points(engine, [job])[job.id]
+    recipe = _recipe_of(job)
     log, _ = reads.read_log(engine, settings, job.id, None, LOG_TAIL_BYTES)
     if len(log) >= LOG_TAIL_BYTES and "\n" in log:
         log = log.split("\n", 1)[1]
@@ -265,7 +266,8 @@ def _job_context(
         "active": job.status in ACTIVE_STATUSES,
         "progress": progress_view(public),
         "epochs": [values for _, values in points["epoch"]],
-        "charts": charts.draw_charts([(job.name, points)]),
+        "recipe": recipe,
+        "charts": charts.draw_charts([(job.name, points)], [recipe]),
         "examples": reads.read_examples(engine, settings, job.id),
         "log": log,
         "live_interval": LIVE_INTERVAL_MS,
@@ -363,6 +365,12 @@ def _parse_ids(raw: list[str]) -> tuple[list[int], str | None]:
     return ids, None
 
 
+def _recipe_of(job: Job | JobPublic) -> recipes.Recipe:
+    """The job's recipe as this process has it; one not installed here is drawn as the
+    tutorial's metrics would be, with whatever its points hold."""
+    return recipes.registry().recipes.get(job.recipe, recipes.TUTORIAL)
+
+
 def _compare_rows(jobs: list[JobPublic]) -> list[dict[str, Any]]:
     names = list(dict.fromkeys(key for job in jobs for key in job.params))
     trained = [f"{job.recipe} {job.recipe_version or ''}".strip() for job in jobs]
@@ -425,7 +433,9 @@ def compare(request: Request, engine: EngineDep, ids: Annotated[list[str] | None
         {
             "problem": None,
             "jobs": public,
-            "charts": charts.draw_charts([(f"#{job.id} {job.name}", points[job.id]) for job in jobs]),
+            "charts": charts.draw_charts(
+                [(f"#{job.id} {job.name}", points[job.id]) for job in jobs], list(dict.fromkeys(map(_recipe_of, jobs))),
+            ),
             "rows": _compare_rows(public),
             "finals": _final_rows(public),
         },

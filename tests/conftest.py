@@ -197,15 +197,17 @@ class Stack:
         wait_for(healthy, 60, message="the app to answer /healthz")
         return process
 
-    def worker(self, *args: str, host: str | None = None) -> subprocess.Popen:
-        """A worker; with `host`, as if on another machine: its own name, scratch and local store."""
-        env = None
+    def worker(self, *args: str, host: str | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A worker; with `host`, as if on another machine: its own name, scratch and local store;
+        `env` adds to or replaces the stack's environment."""
+        own: dict[str, str] = {}
         if host is not None:
-            env = {
+            own = {
                 "TRAINBOARD_HOST_NAME": host,
                 "TRAINBOARD_WORK_DIR": str(self.tmp_path / host / "work"),
                 "TRAINBOARD_ARTIFACTS_DIR": str(self.tmp_path / host / "artifacts"),
             }
+        env = own | (env or {})
         return self._start("worker", "worker", "--gpus", "none", *args, env=env)
 
     def submit(self, **params) -> dict:
