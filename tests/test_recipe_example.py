@@ -74,6 +74,13 @@ def test_the_example_recipe_runs_a_job_a_sweep_and_a_resumed_job(installed: Path
     assert found["mnist-cnn"]["version"] == "1.0" and found["mnist-cnn"]["checkpoints"]
     assert {"channels", "lr", "seed", "checkpoint_every"} <= set(found["mnist-cnn"]["schema"]["properties"])
     assert found["mnist-cnn"]["workers"] == []
+    # `trainboard recipes NAME` prints its fields as `trainboard submit` takes them.
+    listed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "recipes", "mnist-cnn", "--url", stack.base_url], env=stack.env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("mnist-cnn 1.0: Small CNN on MNIST") and "  channels           default 16; 4 to 128" in listed.stdout
     refused = stack.client.post("/jobs", json={**SMALL, "channels": 1000, "model": "resnet18"})
     assert refused.status_code == 422
     assert {error["field"] for error in refused.json()["detail"]} == {"channels", "model"}

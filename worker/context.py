@@ -226,6 +226,8 @@ def _number(value: Any) -> float | int | None:
     """A metric as JSON takes it: a Python number (a tensor's too), NaN and infinities as None."""
     if isinstance(value, torch.Tensor):
         value = value.item()
+    if value is None:
+        return None
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
