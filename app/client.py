@@ -377,7 +377,7 @@ def _sweep_outcome(client: Client, sweep: dict[str, Any], out: TextIO) -> int:
 def _submit(client: Client, args, out: TextIO) -> int:
     job = client.submit(parse_assignments(args.params))
     print(f"job {job['id']} {job['status']}: {client.url}/jobs/{job['id']}", file=out, flush=True)
-    if (job.get("waiting_reason") or {}).get("code") == "no_worker":
+    if (job.get("waiting_reason") or {}).get("code") in ("no_worker", "no_recipe"):
         print(f"trainboard: warning: {job['waiting_reason']['message']}; the job waits until one does", file=sys.stderr)
     return _outcome(follow(client, job["id"], out), out) if args.wait else 0
 

@@ -93,6 +93,8 @@ def test_the_example_recipe_runs_a_job_a_sweep_and_a_resumed_job(installed: Path
     workers = stack.client.get("/workers").json()
     assert workers[0]["recipes"] == {"cifar10-resnet18": "1"}
     assert "no_such_module" in next(iter(workers[0]["recipe_errors"].values()))
+    page = stack.client.get("/workers", headers={"Accept": "text/html"}).text
+    assert "not loaded from TRAINBOARD_RECIPES no_such_module:recipe: ModuleNotFoundError" in page
     assert stack.job(waiting["id"])["status"] == "queued"
     tutorial_only.send_signal(signal.SIGTERM)
     tutorial_only.wait(timeout=40)
