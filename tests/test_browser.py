@@ -502,3 +502,35 @@ def test_start_a_sweep_from_the_form_follow_its_trials_and_cancel_it(make_stack,
     page.goto(stack.base_url + "/sweeps")
     expect(page.locator(f"#sweep-{sweep_id} .badge")).to_have_text("cancelled")
     expect(page.locator(f"#sweep-{sweep_id}")).to_contain_text("55.50%")
+
+
+def test_choose_a_lab_recipe_in_the_form_and_watch_its_job_train(make_stack, page, screenshot):
+    repository = Path(__file__).resolve().parents[1]
+    stack = make_stack(TRAINBOARD_RECIPES="tests.support.lab_recipe:recipe", PYTHONPATH=str(repository))
+    stack.serve()
+    stack.worker()
+
+    page.goto(stack.base_url + "/jobs/new")
+    selector = page.locator("#recipe-selector")
+    expect(selector.get_by_role("link", name=re.compile("ResNet-18 on CIFAR-10"))).to_have_attribute("aria-current", "true")
+    selector.get_by_role("link", name=re.compile("A lab's demo")).click()
+    page.wait_for_url(re.compile(r"/jobs/new\?recipe=lab-demo$"))
+    expect(page.locator("legend").first).to_have_text("A lab's demo")
+    expect(page.locator("[name=lr]")).to_have_count(0)
+    page.locator("[name=width]").fill("0")
+    page.get_by_role("button", name="Submit job").click()
+    expect(page.locator("#width-error")).to_contain_text("greater than or equal to 1")
+    page.locator("[name=width]").fill("3")
+    page.locator("[name=name]").fill("lab-from-the-browser")
+    screenshot("lab-recipe-form")
+    page.get_by_role("button", name="Submit job").click()
+
+    page.wait_for_url(re.compile(r"/jobs/\d+$"))
+    expect(page.locator("#recipe")).to_contain_text("lab-demo version 0.3")
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=120_000)
+    # Its metric, per epoch, in the table and its chart; no Pause for a recipe that does not checkpoint.
+    expect(page.locator("#epochs thead")).to_contain_text("Score")
+    expect(page.locator("#epochs tbody tr")).to_have_count(2)
+    expect(page.locator("#epochs tbody tr").last).to_contain_text("0.6")
+    expect(page.locator("#score-chart")).to_have_count(1)
+    expect(page.get_by_role("button", name="Pause")).to_have_count(0)
