@@ -17,9 +17,9 @@ from functools import lru_cache
 from typing import Any, Iterable, Literal
 
 import psycopg
+from pydantic import BaseModel
 from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
-from pydantic import BaseModel
 from sqlmodel import Session, col
 
 from app import recipes

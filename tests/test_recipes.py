@@ -229,3 +229,17 @@ def test_the_run_context_reports_checkpoints_restores_and_stops(lab: Recipe, tmp
     resumed.finish()
     assert [type(event) for event in second.events] == [Progress, WandbStarted, CheckpointSaved]
     assert second.events[0].points == [("epoch", 3, {"epoch": 3, "score": 3.0})]
+
+
+def test_a_job_whose_fields_this_workers_recipe_version_refuses_fails_saying_so(lab: Recipe, tmp_path: Path):
+    from app.settings import Settings
+    from worker.jobrun import RecipeMismatch, child_spec
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", data_dir=tmp_path, _env_file=None)
+    claim = queue.Claim(job_id=1, attempt=1, worker_id="w", name="old", params={"width": 3, "depth": 2}, recipe="lab-demo")
+    slot = type("Slot", (), {"memory_ceiling": None})()
+    with pytest.raises(RecipeMismatch, match="do not fit recipe lab-demo version 0.3 as installed on this worker: depth"):
+        child_spec(settings, slot, claim, JobFiles(tmp_path), None)
+    fits = queue.Claim(job_id=1, attempt=1, worker_id="w", name="new", params={"width": 3}, recipe="lab-demo")
+    spec = child_spec(settings, slot, fits, JobFiles(tmp_path), None)
+    assert (spec.recipe, spec.params.width, type(spec.params)) == ("lab-demo", 3, lab.job_model)

@@ -120,10 +120,21 @@ def job_environment(params: BaseModel) -> dict[str, str]:
     return {name: value for name, value in job.items() if name not in started_with}
 
 
+class RecipeMismatch(ValueError):
+    """A job's stored fields that this worker's version of its recipe does not take."""
+
+
 def child_spec(
     settings: Settings, slot: "Slot", claim: queue.Claim, files: JobFiles, resume_from: Path | None,
 ) -> ChildSpec:
-    params = recipes.registry().get(claim.recipe).validate(claim.params)
+    recipe = recipes.registry().get(claim.recipe)
+    try:
+        params = recipe.validate(claim.params)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RecipeMismatch(
+            f"its fields do not fit recipe {recipe.name} version {recipe.version} as installed on this worker: {problems}"
+        ) from None
     return ChildSpec(
         name=claim.name,
         recipe=claim.recipe,
@@ -613,6 +624,9 @@ class JobRun:
             )
             ending = self._supervise(child, events, output, uploads)
             self._flush(events, output)
+        except RecipeMismatch as exc:
+            self._fail(str(exc)[:1000])
+            return
         except ArtifactRefused as exc:
             child.kill()
             self._flush(events, output)
