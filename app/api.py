@@ -62,7 +62,6 @@ def healthz(engine: EngineDep) -> dict[str, str]:
 @router.post(
     "/jobs", status_code=status.HTTP_201_CREATED, response_model=JobPublic, responses=QUEUE_FULL, tags=["jobs"],
     openapi_extra={"requestBody": {"content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/JobRequest"},
         "examples": {
             "tutorial": {"summary": "The tutorial's config", "value": {}},
             "lr": {"summary": "A higher learning rate, three epochs", "value": {"lr": 0.05, "epochs": 3}},

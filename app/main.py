@@ -62,9 +62,13 @@ def _document_schemas(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schemas = generate().setdefault("components", {}).setdefault("schemas", {})
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(sweepconfig.json_schemas())
             schemas.update(recipes.json_schemas(recipes.registry()))
+            # POST /jobs reads a plain object and validates it by its recipe: say which objects.
+            body = document["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"] = {"$ref": "#/components/schemas/JobRequest"}
         return app.openapi_schema
 
     app.openapi = openapi
