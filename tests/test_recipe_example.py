@@ -4,6 +4,7 @@ pip into a throwaway folder and found through its `trainboard.recipes` entry poi
 through it; a worker without it leaves its jobs waiting, saying why."""
 
 import gzip
+import os
 import signal
 import struct
 import subprocess
@@ -61,6 +62,18 @@ def installed(tmp_path_factory) -> Path:
     )
     assert list(target.glob("trainboard_mnist-*.dist-info/entry_points.txt"))
     return target
+
+
+def test_the_app_loads_the_example_recipe_without_torch(installed: Path):
+    code = (
+        "import sys; from app import recipes; from app.main import create_app; create_app(); "
+        "found = recipes.registry(); assert 'mnist-cnn' in found.recipes, found.errors; "
+        "found.get('mnist-cnn').json_schema(); assert 'torch' not in sys.modules, 'the recipe imported torch'"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(installed)}, cwd=installed, capture_output=True, text=True,
+    )
+    assert checked.returncode == 0, checked.stderr
 
 
 def test_the_example_recipe_runs_a_job_a_sweep_and_a_resumed_job(installed: Path, make_stack, tmp_path: Path):
