@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Literal
 
 import psycopg
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
@@ -586,7 +586,8 @@ def request_pause(engine: Engine, job_id: int) -> Job:
             ))
         changed = session.execute(update(Job).where(queued).values(status=JobStatus.PAUSED)).rowcount
         changed = changed or _flag_running(session, running, pause_requested=True)
-        job = session.get(Job, job_id)
+        if job is not None:
+            session.refresh(job)  # read before the update: what it changed, not what was there
         session.commit()
     return _answer(job, job_id, changed, "pause")
 
@@ -616,7 +617,13 @@ def retry(
         raise JobStateConflict(job_id, original.status, "retry", why=(
             f"job {job_id}'s recipe {original.recipe} is not installed where trainboard serves; cannot retry it"
         ))
-    params = recipe.validate({**original.params, "name": original.name})
+    try:
+        params = recipe.validate({**original.params, "name": original.name})
+    except ValidationError as exc:
+        raise JobStateConflict(job_id, original.status, "retry", why=(
+            f"job {job_id}'s fields do not fit recipe {recipe.name} version {recipe.version} as installed here "
+            f"({exc.errors()[0]['loc'][0] if exc.errors()[0]['loc'] else ''}: {exc.errors()[0]['msg']}); clone it and fix them"
+        )) from None
     return submit(
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
         max_queued=max_queued, retry_of=job_id, owner=owner, recipe=recipe,

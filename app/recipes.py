@@ -81,6 +81,7 @@ class Recipe:
     source: str = field(default="builtin", compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
         if not RECIPE_NAME.match(self.name or ""):
             raise RecipeError(f"recipe name {self.name!r}: lower-case letters, digits, '.', '_' or '-', at most 64")
         if not self.version or len(self.version) > 32:
@@ -98,7 +99,11 @@ class Recipe:
             taken = sorted(set(self.params.model_fields) & set(COMMON_FIELDS + ("recipe",)))
             if taken:
                 raise RecipeError(f"recipe {self.name}: {', '.join(taken)} are trainboard's job fields; rename them")
-        self.job_model  # noqa: B018 - builds (and so checks) the job model now, not at the first job
+        try:
+            # Every field has a default: an empty form, POST /jobs {} and a sweep's constants start from them.
+            self.job_model.model_validate({})
+        except Exception as exc:
+            raise RecipeError(f"recipe {self.name}: every parameter needs a default ({str(exc).splitlines()[0]})") from None
 
     @cached_property
     def job_model(self) -> type[BaseModel]:
@@ -239,7 +244,7 @@ def json_schemas(found: Registry) -> dict[str, Any]:
         else:
             schema["required"] = ["recipe", *schema.get("required", [])]
         schema["properties"] = {"recipe": chosen, **schema["properties"]}
-        title = "JobCreate" if recipe is TUTORIAL else recipe.job_model.__name__
+        title = "JobCreate" if recipe is TUTORIAL else f"Job-{recipe.name}"
         components[title] = schema
         choices.append({"$ref": f"#/components/schemas/{title}"})
     components["JobRequest"] = {"anyOf": choices, "description": "`recipe` and that recipe's fields (GET /recipes)"}

@@ -31,7 +31,7 @@ from app.models import (
     SweepTrialPublic, as_utc, utcnow,
 )
 from app.settings import Settings
-from app.sweepconfig import SweepPlan, plan
+from app.sweepconfig import SweepConfigError, SweepPlan, plan
 
 log = logging.getLogger("trainboard.sweeps")
 
@@ -111,13 +111,19 @@ def cancel(engine: Engine, sweep_id: int) -> Sweep:
 def advance(engine: Engine, settings: Settings, sweep_id: int | None = None) -> None:
     """Bring running sweeps (or one) up to date: end those that are done or failing, and queue
     trials until each has `parallel` queued or running, or all `run_cap`."""
+    known = list(recipes.registry().recipes)
     with session_scope(engine) as session:
-        query = select(Sweep.id).where(Sweep.status == SweepStatus.RUNNING)
+        # A sweep of a recipe this process lacks is left to the app or a worker that has it.
+        query = select(Sweep.id).where((Sweep.status == SweepStatus.RUNNING) & col(Sweep.recipe).in_(known))
         if sweep_id is not None:
             query = query.where(Sweep.id == sweep_id)
         ids = list(session.scalars(query))
     for running_id in ids:
-        _advance_one(engine, settings, running_id)
+        try:
+            _advance_one(engine, settings, running_id)
+        except (ValidationError, SweepConfigError) as exc:
+            # One sweep that cannot go on never holds up the others.
+            log.error("sweep %d cannot queue trials: %s", running_id, exc)
 
 
 def _advance_one(engine: Engine, settings: Settings, sweep_id: int) -> None:
@@ -227,7 +233,13 @@ def _retry_trial(engine: Engine, settings: Settings, job: Job, *, owner: str) ->
         recipe = recipes.registry().recipes.get(job.recipe)
         if recipe is None:
             raise SweepStateConflict(f"trial {job.trial_number}'s recipe {job.recipe} is not installed where trainboard serves")
-        params = recipe.validate({**job.params, "name": job.name})
+        try:
+            params = recipe.validate({**job.params, "name": job.name})
+        except ValidationError as exc:
+            raise SweepStateConflict(
+                f"trial {job.trial_number}'s fields do not fit recipe {recipe.name} version {recipe.version} as installed here: "
+                f"{exc.errors()[0]['msg']}"
+            ) from None
         system_attrs = {key: value for key, value in (job.trial or {}).get("system_attrs", {}).items() if not key.startswith("completed_rung_")}
         new = queue.add_job(
             session, params, default_wandb_mode=job.params["wandb_mode"], max_attempts=settings.max_attempts, owner=owner,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from pydantic import BaseModel, Field
 
 from app import queue, recipes
@@ -57,6 +58,13 @@ def test_a_recipe_is_refused_when_it_takes_trainboards_fields_or_declares_badly(
         make(metrics=())
     with pytest.raises(RecipeError, match="module:function"):
         make(train="no_colon")
+
+    class Required(BaseModel):
+        depth: int
+
+    with pytest.raises(RecipeError, match="every parameter needs a default"):
+        make(params=Required)
+    assert make(metrics=[Metric("a", "maximize")]).metrics == (Metric("a", "maximize"),)  # hashable, as pages cache by it
     # A well-declared one: its fields, then trainboard's, unknown ones refused, W&B project named after it.
     job = make().job_model
     assert list(job.model_fields)[:2] == ["depth", "name"] and "checkpoint_every" in job.model_fields
@@ -94,10 +102,15 @@ def test_the_api_takes_a_recipes_fields_and_names_what_it_refuses(lab: Recipe, c
     assert client.get(f"/jobs/{job['id']}").json()["status"] == "queued"
     tutorial = client.post("/jobs", json={}).json()
     assert client.post(f"/jobs/{tutorial['id']}/pause").json()["status"] == "paused"
-    # Retry keeps the recipe.
+    # Retry keeps the recipe; fields the installed version no longer takes are a 409, not a 500.
     client.post(f"/jobs/{job['id']}/cancel")
     retried = client.post(f"/jobs/{job['id']}/retry").json()
     assert (retried["recipe"], retried["params"]["width"]) == ("lab-demo", 3)
+    client.post(f"/jobs/{retried['id']}/cancel")
+    with queue_engine(client.app.state.settings).begin() as connection:
+        connection.execute(text("UPDATE jobs SET params = :params WHERE id = :id"), {"params": '{"width": 3, "depth": 9}', "id": retried["id"]})
+    stale = client.post(f"/jobs/{retried['id']}/retry")
+    assert stale.status_code == 409 and "do not fit recipe lab-demo version 0.3" in stale.json()["detail"]
 
 
 def test_a_job_whose_recipe_no_live_worker_has_says_so(lab: Recipe, client: TestClient, settings):
@@ -230,6 +243,20 @@ def test_the_run_context_reports_checkpoints_restores_and_stops(lab: Recipe, tmp
     assert [type(event) for event in second.events] == [Progress, WandbStarted, CheckpointSaved]
     assert second.events[0].points == [("epoch", 3, {"epoch": 3, "score": 3.0})]
 
+    # Asked to stop, a training that returns without checkpointing (it had finished) keeps its result.
+    third, request = Recorder(), CheckpointRequest()
+    finished = context(tmp_path / "three", third, request)
+    request.ask()
+    finished.log_epoch({"score": 5.0})
+    finished.finish()
+    assert isinstance(third.events[-1], Result) and third.events[-1].metrics == {"epoch": 1, "score": 5.0}
+
+    # A checkpoint that is not this recipe's is refused rather than half-read.
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"format": 1, "recipe": "cifar10-resnet18", "state": {}}, foreign)
+    with pytest.raises(RuntimeError, match="not one of recipe lab-demo's"):
+        context(tmp_path / "four", Recorder(), CheckpointRequest(), resume_from=foreign).restore()
+
 
 def test_a_job_whose_fields_this_workers_recipe_version_refuses_fails_saying_so(lab: Recipe, tmp_path: Path):
     from app.settings import Settings
@@ -243,3 +270,32 @@ def test_a_job_whose_fields_this_workers_recipe_version_refuses_fails_saying_so(
     fits = queue.Claim(job_id=1, attempt=1, worker_id="w", name="new", params={"width": 3}, recipe="lab-demo")
     spec = child_spec(settings, slot, fits, JobFiles(tmp_path), None)
     assert (spec.recipe, spec.params.width, type(spec.params)) == ("lab-demo", 3, lab.job_model)
+
+
+def test_a_sweep_that_cannot_go_on_holds_up_no_other(engine, lab: Recipe, settings):
+    from app import sweeps
+    from app.models import Sweep
+    from app.sweepconfig import plan
+
+    config = {"method": "grid", "recipe": "lab-demo", "parameters": {"width": {"values": [2, 3]}}, "parallel": 1}
+    with queue.write_session(engine) as session:
+        # Older sweeps: one of a recipe this process lacks, one whose stored config no longer validates.
+        session.add(Sweep(name="elsewhere", recipe="gone", method="grid", metric="score", goal="maximize", run_cap=2, parallel=1, seed=1, config={}))
+        session.add(Sweep(name="broken", recipe="lab-demo", method="grid", metric="score", goal="maximize", run_cap=2, parallel=1, seed=1,
+                          config={"method": "grid", "recipe": "lab-demo", "parameters": {"nope": {"values": [1]}}}))
+        session.commit()
+    good = sweeps.create(engine, settings, plan(config), config, owner="admin")
+    trial = queue.claim(engine, "w", 60)
+    queue.finish(engine, trial, "succeeded", metrics={"score": 1.0})
+    sweeps.advance(engine, settings)
+    trials = [job for job in queue_jobs(engine) if job.sweep_id == good.id]
+    assert sorted(job.params["width"] for job in trials) == [2, 3]
+
+
+def queue_jobs(engine):
+    from sqlmodel import Session, select
+
+    from app.models import Job
+
+    with Session(engine) as session:
+        return list(session.exec(select(Job)))

@@ -72,6 +72,8 @@ class Run:
         self._step = 0
         self._metrics: dict[str, Any] = {}
         self._artifacts: dict[str, int] = {}
+        self._step_keys: set[str] = set()
+        self._stopped = False  # a checkpoint came after a stop was asked
         self.reported_result = False
 
     # ---- Reporter ---------------------------------------------------------------------------
@@ -79,6 +81,8 @@ class Run:
     def report(self, event: Event) -> None:
         if isinstance(event, Result):
             self.reported_result = True
+        if isinstance(event, CheckpointSaved) and self.checkpoint_request.asked:
+            self._stopped = True  # the checkpoint a stop asked for: the training ends there
         self._reporter.report(event)
 
     # ---- What a recipe calls ------------------------------------------------------------------
@@ -103,6 +107,7 @@ class Run:
         with step `batch`."""
         self._step = max(self._step, step)
         values = {key: _number(value) for key, value in metrics.items()}
+        self._step_keys.update(values)
         self.report(Progress(progress=self._progress, points=[("train", step, values)]))
         if (run := self.wandb) is not None:
             run.log({**self._named(values), "batch": step})
@@ -117,7 +122,9 @@ class Run:
         self._progress = progress_at(self._epoch, 0, epochs, 0)
         self.report(Progress(progress=self._progress, metrics=values, points=[("epoch", self._epoch, values)]))
         if (run := self.wandb) is not None:
-            run.log({**self._named(values), "epoch": self._epoch})
+            # A key also logged per step gets an epoch series of its own in W&B.
+            per_epoch = {(f"{key} (epoch)" if key in self._step_keys else key): value for key, value in self._named(values).items()}
+            run.log({**per_epoch, "epoch": self._epoch})
 
     def examples(self, images: list[Any], captions: list[str]) -> None:
         """Example predictions for the job's page and W&B's "Examples": HxW or HxWxC images (uint8,
@@ -182,11 +189,11 @@ class Run:
 
     def finish(self, returned: Any = None) -> None:
         """The recipe's train returned: its result (the metrics it returned, or its last epoch's,
-        and its artifacts), unless it stopped for a checkpoint or reported its own."""
-        stopped = self.checkpoint_request.asked
+        and its artifacts), unless it stopped at a checkpoint a stop asked for, or reported its
+        own. One that finished without seeing the request still has its result."""
         if self._tracker is not None:
             self._tracker.finish()
-        if stopped or self.reported_result:
+        if self._stopped or self.reported_result:
             return
         metrics = {**self._metrics, **(returned if isinstance(returned, dict) else {})}
         artifacts = [{"name": name, "size": size} for name, size in self._artifacts.items()]
@@ -210,7 +217,14 @@ class Run:
 
     def _checkpoint(self) -> dict[str, Any] | None:
         if self._saved is None and self.resume_from is not None:
-            self._saved = torch.load(self.resume_from, map_location="cpu", weights_only=False)
+            # Tensors, numbers, strings and containers only: a checkpoint never runs code.
+            saved = torch.load(self.resume_from, map_location="cpu", weights_only=True)
+            if saved.get("format") != CHECKPOINT_FORMAT or saved.get("recipe") != self.recipe.name:
+                raise RuntimeError(
+                    f"the checkpoint to resume from is not one of recipe {self.recipe.name}'s "
+                    f"(it says recipe {saved.get('recipe')!r}, format {saved.get('format')!r})"
+                )
+            self._saved = saved
         return self._saved
 
     def _named(self, values: dict[str, Any]) -> dict[str, Any]:

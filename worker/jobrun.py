@@ -701,6 +701,8 @@ class JobRun:
         threading.Thread(target=lambda: (uploads.wait(grace), uploaded.set()), daemon=True).start()
         if self._while_renewing(uploaded.is_set, events, output, timeout=grace, watch=False) is Ending.LOST:
             return Ending.LOST
+        if events.result is not None and child.returncode == 0:
+            return Ending.EXITED  # it finished before it saw the request: its result stands
         return ending
 
     def _stop_child(
