@@ -137,7 +137,8 @@ class Run:
             run.log({"Examples": [wandb.Image(image, caption=caption) for image, caption in pictures], "epoch": self._epoch})
 
     def checkpoint(self, state: dict[str, Any], *, force: bool = False) -> bool:
-        """Save `state` (anything torch.save takes) after the epoch log_epoch last reported: every
+        """Save `state` (tensors, numbers, strings, lists and dicts: restore() reads it back as data
+        only) after the epoch log_epoch last reported: every
         checkpoint_every epochs, when a stop is asked, or with `force`. Written whole under a
         temporary name, uploaded by the worker to the store; the next attempt's run.restore()
         returns it. Says whether it was saved."""
