@@ -8,7 +8,7 @@ every route here answers JSON (or a file) only.
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from sqlalchemy import Engine, text
 
@@ -18,7 +18,7 @@ from app.deps import (
     SettingsDep, SweepConfigBody, SweepId,
 )
 from app.models import (
-    Job, JobPage, JobPublic, RecipePublic, JobStatus, JobUpdate, MetricPoint, SweepPage, SweepPublic, Tag, UserName,
+    Job, JobPage, JobPublic, JobStatus, JobUpdate, MetricPoint, RecipePublic, SweepPage, SweepPublic, Tag, UserName,
     WorkerPublic, utcnow,
 )
 from app.settings import Settings

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 from fastapi import Body, Depends, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine
 from starlette.datastructures import Headers
 from starlette.routing import Match
 from starlette.types import Scope
-
-from pydantic import BaseModel, ValidationError
 
 from app import queue, recipes, users
 from app.db import get_engine
@@ -129,10 +128,10 @@ class JobRequest:
     params: BaseModel  # the recipe's job model
 
 
-def validated_job(data: dict[str, Any], where: tuple[str, ...] = ("body",), request: Request | None = None) -> JobRequest:
-    """A job's fields, flat, with `recipe` (default the tutorial's) naming the model the rest are
-    validated against: a RequestValidationError naming each refused field if they are not."""
-    data = dict(data)
+def job_request(request: Request, body: Annotated[dict[str, Any] | None, Body()] = None) -> JobRequest:
+    """POST /jobs's body: `recipe` (default the tutorial's) and that recipe's fields, flat (GET
+    /recipes has each one's schema); a RequestValidationError naming each refused field."""
+    data = dict(body or {})
     name = data.pop("recipe", TUTORIAL_RECIPE)
     try:
         recipe = recipes.registry().get(name) if isinstance(name, str) else None
@@ -141,20 +140,14 @@ def validated_job(data: dict[str, Any], where: tuple[str, ...] = ("body",), requ
     else:
         reason = "must be a recipe's name (GET /recipes)"
     if recipe is None:
-        raise RequestValidationError([{"type": "recipe", "loc": (*where, "recipe"), "msg": reason, "input": name}])
-    if request is not None:
-        request.state.body_model = recipe.job_model  # for the 422's "did you mean"
+        raise RequestValidationError([{"type": "recipe", "loc": ("body", "recipe"), "msg": reason, "input": name}])
+    request.state.body_model = recipe.job_model  # for the 422's "did you mean"
     try:
         return JobRequest(recipe, recipe.validate(data))
     except ValidationError as exc:
         raise RequestValidationError([
-            {**error, "loc": (*where, *error["loc"])} for error in exc.errors(include_url=False)
+            {**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)
         ]) from None
-
-
-def job_request(request: Request, body: Annotated[dict[str, Any] | None, Body()] = None) -> JobRequest:
-    """POST /jobs's body: `recipe` and that recipe's fields (GET /recipes has each one's schema)."""
-    return validated_job(body or {}, request=request)
 
 
 JobBody = Annotated[JobRequest, Depends(job_request)]

@@ -119,7 +119,7 @@ def form_groups(recipe: Recipe = TUTORIAL) -> list[dict[str, Any]]:
         }
         for name, heading in _headings(recipe).items()
     ]
-    return [group for group in groups if group["fields"]] if recipe is not TUTORIAL else groups
+    return [group for group in groups if group["fields"]]
 
 
 def form_values(params: dict[str, Any], recipe: Recipe = TUTORIAL) -> dict[str, str]:

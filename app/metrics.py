@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from sqlalchemy import Engine, func, select, union_all
 
-from app import queue, reads
+from app import reads
 from app.db import get_engine, session_scope
 from app.models import FINISHED_STATUSES, STATUSES, DeletedJob, Job, as_utc, utcnow
 
@@ -73,7 +73,7 @@ class DatabaseCollector:
         )
 
         now = utcnow()
-        workers = [w for w in reads.list_workers(self.engine) if queue.worker_alive(w, self.lease_seconds, now)]
+        workers = reads.live_workers(self.engine, self.lease_seconds, now)
         yield GaugeMetricFamily("trainboard_workers_alive", "Workers heartbeating within a lease", value=len(workers))
         unhealthy = GaugeMetricFamily(
             "trainboard_worker_slots_unhealthy", "Slots not claiming jobs for a host fault (scratch, store), per worker",

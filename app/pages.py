@@ -100,11 +100,12 @@ def new_job_form(
         original = queue.get_job(engine, clone)
     except queue.JobNotFound:
         return _render_form(request, engine, forms.default_values(), {}, status.HTTP_404_NOT_FOUND, missing_clone=clone)
-    recipe = recipes.registry().recipes.get(original.recipe)
-    if recipe is None:
-        return _render_form(request, engine, forms.default_values(), {}, status.HTTP_409_CONFLICT, refusal=(
-            f"job {clone}'s recipe {original.recipe} is not installed where trainboard serves; cannot clone it"
-        ))
+    try:
+        recipe = recipes.registry().get(original.recipe)
+    except recipes.UnknownRecipe as exc:
+        return _render_form(
+            request, engine, forms.default_values(), {}, status.HTTP_409_CONFLICT, refusal=f"cannot clone job {clone}: {exc}",
+        )
     # The clone gets a name of its own; two runs with one name are confusing in W&B.
     values = forms.form_values({**original.params, "name": None}, recipe)
     return _render_form(request, engine, values, {}, clone_of=original, recipe=recipe)

@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Literal
 
 import psycopg
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sqlalchemy import JSON, DateTime, Engine, Float, Integer, String, bindparam, delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col
@@ -612,18 +612,11 @@ def retry(
     original = get_job(engine, job_id)
     if original.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobStateConflict(job_id, original.status, "retry")
-    recipe = recipes.registry().recipes.get(original.recipe)
-    if recipe is None:
-        raise JobStateConflict(job_id, original.status, "retry", why=(
-            f"job {job_id}'s recipe {original.recipe} is not installed where trainboard serves; cannot retry it"
-        ))
     try:
-        params = recipe.validate({**original.params, "name": original.name})
-    except ValidationError as exc:
-        raise JobStateConflict(job_id, original.status, "retry", why=(
-            f"job {job_id}'s fields do not fit recipe {recipe.name} version {recipe.version} as installed here "
-            f"({exc.errors()[0]['loc'][0] if exc.errors()[0]['loc'] else ''}: {exc.errors()[0]['msg']}); clone it and fix them"
-        )) from None
+        recipe = recipes.registry().get(original.recipe)
+        params = recipe.stored_params({**original.params, "name": original.name})
+    except (recipes.UnknownRecipe, recipes.RecipeMismatch) as exc:
+        raise JobStateConflict(job_id, original.status, "retry", why=f"cannot retry job {job_id}: {exc}") from None
     return submit(
         engine, params, default_wandb_mode=original.params["wandb_mode"], max_attempts=max_attempts,
         max_queued=max_queued, retry_of=job_id, owner=owner, recipe=recipe,

@@ -176,7 +176,7 @@ class Capacity:
 
 def capacity(engine: Engine, lease_seconds: float, now: datetime) -> Capacity:
     """Slots of workers alive now; a slot is busy while a running job claimed by its worker holds it."""
-    live = [worker for worker in list_workers(engine) if queue.worker_alive(worker, lease_seconds, now)]
+    live = live_workers(engine, lease_seconds, now)
     if not live:
         return Capacity(0, 0)
     running = (
@@ -530,6 +530,10 @@ def worker_views(engine: Engine, lease_seconds: float, now: datetime) -> list[Wo
     ]
 
 
+def live_workers(engine: Engine, lease_seconds: float, now: datetime) -> list[Worker]:
+    return [worker for worker in list_workers(engine) if queue.worker_alive(worker, lease_seconds, now)]
+
+
 def worker_recipes(worker: Worker) -> dict[str, str]:
     """The recipes a worker can run; one registered before recipes existed runs the tutorial's."""
     return worker.recipes if worker.recipes is not None else {recipes.TUTORIAL.name: recipes.TUTORIAL.version}
@@ -537,7 +541,7 @@ def worker_recipes(worker: Worker) -> dict[str, str]:
 
 def recipe_views(engine: Engine, lease_seconds: float, now: datetime) -> list[RecipePublic]:
     """The recipes this process knows, each with the live workers that can run it."""
-    live = [worker for worker in list_workers(engine) if queue.worker_alive(worker, lease_seconds, now)]
+    live = live_workers(engine, lease_seconds, now)
     return [
         RecipePublic(
             **recipe.summary(), schema=recipe.json_schema(),

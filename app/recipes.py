@@ -23,7 +23,7 @@ from functools import cached_property, lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from app.models import TUTORIAL_RECIPE, JobCreate
@@ -43,6 +43,10 @@ METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
 
 class RecipeError(ValueError):
     """A recipe that cannot be used: badly declared, or not importable."""
+
+
+class RecipeMismatch(ValueError):
+    """A job's stored fields that the installed version of its recipe does not take."""
 
 
 class UnknownRecipe(LookupError):
@@ -126,6 +130,17 @@ class Recipe:
     def validate(self, data: dict[str, Any]) -> BaseModel:
         """Its job parameters; pydantic's ValidationError naming each refused field."""
         return self.job_model.model_validate(data)
+
+    def stored_params(self, params: dict[str, Any], where: str = "here") -> BaseModel:
+        """A stored job's fields (a retry's, a claim's) as this version takes them; RecipeMismatch
+        naming each refused one when the job was validated against another version."""
+        try:
+            return self.validate(params)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise RecipeMismatch(
+                f"its fields do not fit recipe {self.name} version {self.version} as installed {where}: {problems}"
+            ) from None
 
     def metric(self, name: str) -> Metric | None:
         """One of its metrics, by key or by W&B name."""

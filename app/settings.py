@@ -171,6 +171,11 @@ class JobFiles:
     def artifact(self, name: str) -> Path:
         return self.root / name
 
+    @staticmethod
+    def plain_name(name: str) -> bool:
+        """Whether an artifact's name is a file of the job's folder itself (no folder, no `..`)."""
+        return name not in ("", ".", "..") and Path(name).name == name
+
     def read_log(self, offset: int | None, max_bytes: int) -> tuple[str, int]:
         """Up to max_bytes of the log, decoded leniently: from byte `offset` on, or its last
         max_bytes when offset is None; and the offset the text ends at ("" and 0 before there is a log)."""

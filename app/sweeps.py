@@ -230,16 +230,11 @@ def _retry_trial(engine: Engine, settings: Settings, job: Job, *, owner: str) ->
             raise SweepStateConflict(
                 f"sweep {sweep.id} already has {active} trials queued or running (parallel {sweep.parallel}); retry when one ends"
             )
-        recipe = recipes.registry().recipes.get(job.recipe)
-        if recipe is None:
-            raise SweepStateConflict(f"trial {job.trial_number}'s recipe {job.recipe} is not installed where trainboard serves")
         try:
-            params = recipe.validate({**job.params, "name": job.name})
-        except ValidationError as exc:
-            raise SweepStateConflict(
-                f"trial {job.trial_number}'s fields do not fit recipe {recipe.name} version {recipe.version} as installed here: "
-                f"{exc.errors()[0]['msg']}"
-            ) from None
+            recipe = recipes.registry().get(job.recipe)
+            params = recipe.stored_params({**job.params, "name": job.name})
+        except (recipes.UnknownRecipe, recipes.RecipeMismatch) as exc:
+            raise SweepStateConflict(f"cannot retry trial {job.trial_number} of sweep {sweep.id}: {exc}") from None
         system_attrs = {key: value for key, value in (job.trial or {}).get("system_attrs", {}).items() if not key.startswith("completed_rung_")}
         new = queue.add_job(
             session, params, default_wandb_mode=job.params["wandb_mode"], max_attempts=settings.max_attempts, owner=owner,

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 
 from app import formatting
+from app.models import TUTORIAL_RECIPE
 
 TEMPLATES_DIR = Path(str(files("templates")))
 STATIC_DIR = TEMPLATES_DIR / "static"
@@ -23,3 +24,5 @@ templates.env.filters["short_param"] = formatting.short_param
 templates.env.filters["metric"] = formatting.metric_value
 templates.env.globals["metric_label"] = formatting.metric_label
 templates.env.globals["run_time"] = formatting.run_time
+# The recipe jobs train when they name none: its pages keep the tutorial's own layout.
+templates.env.globals["tutorial_recipe"] = TUTORIAL_RECIPE

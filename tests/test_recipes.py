@@ -15,7 +15,7 @@ from app.models import Worker
 from app.recipes import RECIPES_ENV, Metric, Recipe, RecipeError
 from app.settings import JobFiles
 from worker.context import Run
-from worker.protocol import CheckpointSaved, Examples, Progress, Result, WandbStarted
+from worker.protocol import CheckpointSaved, ChildSpec, Examples, Progress, Result, WandbStarted
 from worker.reporter import CheckpointRequest
 
 LAB = "tests.support.lab_recipe:recipe"
@@ -198,10 +198,11 @@ def test_the_run_context_reports_checkpoints_restores_and_stops(lab: Recipe, tmp
 
     def context(folder: Path, reporter, request, resume_from=None) -> Run:
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(
-            lab, lab.validate({"checkpoint_every": 2, "wandb_mode": "disabled"}), name="ctx", files=JobFiles(folder),
-            data_dir=tmp_path, device=torch.device("cpu"), reporter=reporter, checkpoint_request=request, resume_from=resume_from,
+        spec = ChildSpec(
+            name="ctx", recipe=lab.name, params=lab.validate({"checkpoint_every": 2, "wandb_mode": "disabled"}), job_dir=folder,
+            data_dir=tmp_path, cifar_verify=False, resume_from=resume_from,
         )
+        return Run(spec, device=torch.device("cpu"), reporter=reporter, checkpoint_request=request)
 
     first, request = Recorder(), CheckpointRequest()
     run = context(tmp_path / "one", first, request)

@@ -16,7 +16,6 @@ import traceback
 
 from app import recipes
 from app.lifetime import die_with_parent
-from app.settings import JobFiles
 from worker.protocol import CHECKPOINT_SIGNAL, ChildSpec, Failure
 from worker.reporter import CheckpointRequest, PipeReporter, first_line
 
@@ -70,17 +69,11 @@ def main() -> int:
     spec = ChildSpec.model_validate_json(job)
     take_job(spec)
     reporter = PipeReporter.from_environment()
-    recipe = recipes.registry().get(spec.recipe)
     device = train.training_device(spec.params)
     memory.limit(spec.memory_ceiling, device.type)
-    run = Run(
-        recipe, spec.params, name=spec.name, files=JobFiles(spec.job_dir), data_dir=spec.data_dir, device=device,
-        reporter=reporter, checkpoint_request=checkpoint_request, resume_from=spec.resume_from,
-        wandb_group=spec.wandb_group, sweep_id=spec.sweep_id, cifar_verify=spec.cifar_verify,
-        max_histograms=spec.max_histograms,
-    )
+    run = Run(spec, device=device, reporter=reporter, checkpoint_request=checkpoint_request)
     try:
-        returned = recipe.train_function()(spec.params, run)
+        returned = run.recipe.train_function()(spec.params, run)
         run.finish(returned)
     except (DataError, WeightsError, DiskFull, memory.OutOfMemory) as exc:
         traceback.print_exc()

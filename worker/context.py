@@ -21,9 +21,9 @@ import numpy
 import torch
 from pydantic import BaseModel
 
-from app.recipes import Recipe
+from app import recipes
 from app.settings import JobFiles
-from worker.protocol import CheckpointSaved, Event, Progress, Result, progress_at
+from worker.protocol import CheckpointSaved, ChildSpec, Event, Progress, Result, progress_at
 from worker.reporter import CheckpointRequest, Reporter
 from worker.tracking import Tracker
 from worker.train import MAX_EXAMPLES, encode_examples, save_whole
@@ -32,38 +32,17 @@ CHECKPOINT_FORMAT = 1
 
 
 class Run:
-    """One attempt of one job of a recipe. Also the Reporter its events go through, which notes
-    whether the training reported its own result (the tutorial's does)."""
+    """One attempt of one job of a recipe, as its ChildSpec says (`spec`). Also the Reporter its
+    events go through, which notes whether the training reported its own result (the tutorial's does)."""
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        params: BaseModel,
-        *,
-        name: str,
-        files: JobFiles,
-        data_dir: Path,
-        device: torch.device,
-        reporter: Reporter,
-        checkpoint_request: CheckpointRequest,
-        resume_from: Path | None = None,
-        wandb_group: str | None = None,
-        sweep_id: int | None = None,
-        cifar_verify: bool = True,
-        max_histograms: int | None = None,
-    ):
-        self.recipe = recipe
-        self.params = params
-        self.name = name
-        self.files = files
-        self.data_dir = data_dir
+    def __init__(self, spec: ChildSpec, *, device: torch.device, reporter: Reporter, checkpoint_request: CheckpointRequest):
+        self.spec = spec
+        self.recipe = recipes.registry().get(spec.recipe)
+        self.params = spec.params
+        self.files = JobFiles(spec.job_dir)
+        self.data_dir = spec.data_dir
         self.device = device
         self.checkpoint_request = checkpoint_request
-        self.resume_from = resume_from
-        self.wandb_group = wandb_group
-        self.sweep_id = sweep_id
-        self.cifar_verify = cifar_verify
-        self.max_histograms = max_histograms
         self._reporter = reporter
         self._tracker: Tracker | None = None
         self._saved: dict[str, Any] | None = None  # the checkpoint resumed from, once read
@@ -176,7 +155,7 @@ class Run:
         """Keep a file with the job (downloadable from its page; model.pth by convention for the model)."""
         source = Path(path)
         name = name or source.name
-        if Path(name).name != name or name in ("", ".", ".."):
+        if not JobFiles.plain_name(name):
             raise ValueError(f"artifact name {name!r} must be a plain file name")
         target = self.files.artifact(name)
         if source.resolve() != target.resolve():
@@ -210,16 +189,16 @@ class Run:
         if self._tracker is None:
             saved = self._checkpoint()
             self._tracker = Tracker.start(
-                self.params, name=self.name, job_dir=self.files.root, reporter=self,
-                run_id=saved["wandb_run_id"] if saved else None, group=self.wandb_group, sweep_id=self.sweep_id,
+                self.params, name=self.spec.name, job_dir=self.files.root, reporter=self,
+                run_id=saved["wandb_run_id"] if saved else None, group=self.spec.wandb_group, sweep_id=self.spec.sweep_id,
                 recipe=self.recipe,
             )
         return self._tracker
 
     def _checkpoint(self) -> dict[str, Any] | None:
-        if self._saved is None and self.resume_from is not None:
+        if self._saved is None and self.spec.resume_from is not None:
             # Tensors, numbers, strings and containers only: a checkpoint never runs code.
-            saved = torch.load(self.resume_from, map_location="cpu", weights_only=True)
+            saved = torch.load(self.spec.resume_from, map_location="cpu", weights_only=True)
             if saved.get("format") != CHECKPOINT_FORMAT or saved.get("recipe") != self.recipe.name:
                 raise RuntimeError(
                     f"the checkpoint to resume from is not one of recipe {self.recipe.name}'s "

@@ -15,6 +15,7 @@
 """
 
 import base64
+import contextlib
 import io
 import logging
 import os
@@ -34,7 +35,7 @@ from sqlalchemy import Engine
 
 from app import queue, recipes, sweeps
 from app.models import JobStatus
-from app.recipes import RECIPES_ENV
+from app.recipes import RECIPES_ENV, RecipeMismatch
 from app.settings import JobFiles, Settings, wandb_environment
 from app.store import StoreError, StoreMisconfigured, StoreUnavailable
 from worker.child import OUTPUT_FD_ENV, PARENT_PID_ENV
@@ -120,21 +121,10 @@ def job_environment(params: BaseModel) -> dict[str, str]:
     return {name: value for name, value in job.items() if name not in started_with}
 
 
-class RecipeMismatch(ValueError):
-    """A job's stored fields that this worker's version of its recipe does not take."""
-
-
 def child_spec(
     settings: Settings, slot: "Slot", claim: queue.Claim, files: JobFiles, resume_from: Path | None,
 ) -> ChildSpec:
-    recipe = recipes.registry().get(claim.recipe)
-    try:
-        params = recipe.validate(claim.params)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise RecipeMismatch(
-            f"its fields do not fit recipe {recipe.name} version {recipe.version} as installed on this worker: {problems}"
-        ) from None
+    params = recipes.registry().get(claim.recipe).stored_params(claim.params, where="on this worker")
     return ChildSpec(
         name=claim.name,
         recipe=claim.recipe,
@@ -224,10 +214,7 @@ class ChildProcess:
         except BrokenPipeError:
             return False
         finally:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
+            self._close_stdin()
         return True
 
     @property
@@ -264,11 +251,12 @@ class ChildProcess:
             self.kill()
         os.close(self.report_fd)
         self.output.close()
-        if not self.process.stdin.closed:
-            try:
-                self.process.stdin.close()
-            except BrokenPipeError:
-                pass
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        """Its stdin, where its job goes, closed (flushing into a pipe whose reader died raises)."""
+        with contextlib.suppress(BrokenPipeError):
+            self.process.stdin.close()
 
     def _signal_group(self, signum: int) -> None:
         try:
@@ -847,7 +835,7 @@ class JobRun:
         files = {}
         for artifact in result.artifacts:
             name = str(artifact.get("name", ""))
-            if name in ("", ".", "..") or Path(name).name != name:
+            if not JobFiles.plain_name(name):
                 raise ArtifactRefused(f"it named a file outside its folder: {name[:200]!r}")
             files[name] = self.files.root / name
         size = sum(path.stat().st_size for path in files.values())

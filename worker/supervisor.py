@@ -63,13 +63,14 @@ class Supervisor:
         self.nvml = nvml
         self.worker_id = f"{settings.host_name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
+        self.recipes = recipes.registry()  # what it registers, and the only jobs its slots claim
         for slot in slots:
             slot.memory_ceiling = memory.slot_ceiling(settings.job_memory, len(slots))
 
     # ---- Lifecycle ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        found = recipes.registry()
+        found = self.recipes
         queue.register_worker(self.engine, Worker(
             id=self.worker_id, host=self.settings.host_name, pid=os.getpid(), store=self.settings.store.public_url,
             slots=[s.public(self.nvml) for s in self.slots], recipes=found.versions(), recipe_errors=found.errors,
@@ -120,7 +121,7 @@ class Supervisor:
                     claim = with_retries(
                         lambda: queue.claim(
                             self.engine, self.worker_id, self.settings.lease_seconds, self.settings.host_name,
-                            recipes=list(recipes.registry().recipes),
+                            recipes=self.recipes.recipes,
                         ),
                         self.settings.lease_seconds,
                     )

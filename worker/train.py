@@ -96,18 +96,19 @@ def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
 def train(params: JobCreate, context: "Run") -> None:
     """The tutorial as the recipe cifar10-resnet18 (app/recipes.py): the run context's job, folders,
     events and requests, with the tutorial's own W&B logging and mid-epoch checkpoints."""
+    spec = context.spec
     run(
         params,
-        name=context.name,
+        name=spec.name,
         files=context.files,
-        data_dir=context.data_dir,
-        cifar_verify=context.cifar_verify,
+        data_dir=spec.data_dir,
+        cifar_verify=spec.cifar_verify,
         reporter=context,
-        resume_from=context.resume_from,
+        resume_from=spec.resume_from,
         checkpoint_request=context.checkpoint_request,
-        wandb_group=context.wandb_group,
-        sweep_id=context.sweep_id,
-        max_histograms=context.max_histograms,
+        wandb_group=spec.wandb_group,
+        sweep_id=spec.sweep_id,
+        max_histograms=spec.max_histograms,
     )
 
 
